@@ -1,0 +1,177 @@
+"""Environment + flags -> one frozen Settings object for `decorator run`.
+
+Owns parsing and checking of every run-time knob (ports, timeouts, limits). Flags win over env.
+Imports only errors; knows nothing of sockets, rules or telemetry.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from decorator.errors import UsageError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str, what: str) -> float:
+    """'15', '15s', '500ms', '2m', '1h' -> seconds."""
+    m = _DURATION.match(str(text))
+    if not m:
+        raise UsageError(f"{what}: expected a duration such as 15s, 500ms or 2m, got {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_port(text: str, what: str, allow_zero: bool = False) -> int:
+    try:
+        n = int(str(text).strip())
+    except ValueError:
+        raise UsageError(f"{what}: expected a port number, got {text!r}") from None
+    if not (0 if allow_zero else 1) <= n <= 65535:
+        raise UsageError(f"{what}: port {n} is out of range ({0 if allow_zero else 1}-65535)")
+    return n
+
+
+def parse_target(text: str, what: str) -> tuple[str, int]:
+    """'8087' -> ('127.0.0.1', 8087); 'app:8087' -> ('app', 8087); '[::1]:8087' -> ('::1', 8087)."""
+    text = str(text).strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if not rest.startswith(":"):
+            raise UsageError(f"{what}: expected [HOST]:PORT, got {text!r}")
+        return host, parse_port(rest[1:], what)
+    if ":" in text:
+        host, _, port = text.rpartition(":")
+        if not host:
+            raise UsageError(f"{what}: expected [HOST:]PORT, got {text!r}")
+        return host, parse_port(port, what)
+    return "127.0.0.1", parse_port(text, what)
+
+
+def parse_size(text: str, what: str) -> int:
+    m = re.match(r"^\s*(\d+)\s*([kKmM]i?[bB]?)?\s*$", str(text))
+    if not m:
+        raise UsageError(f"{what}: expected a size such as 32768, 32k or 1m, got {text!r}")
+    mult = {"k": 1024, "m": 1024 * 1024}.get((m.group(2) or " ")[0].lower(), 1)
+    return int(m.group(1)) * mult
+
+
+def parse_positive(text: str, what: str) -> int:
+    try:
+        n = int(str(text).strip())
+    except ValueError:
+        raise UsageError(f"{what}: expected a positive whole number, got {text!r}") from None
+    if n < 1:
+        raise UsageError(f"{what}: expected a positive whole number, got {n}")
+    return n
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may cost the sidecar (slowloris, header floods, connection floods)."""
+
+    max_header_size: int = 32 * 1024       # whole request head (request line + headers) -> 431 past it
+    max_headers: int = 100                 # header fields in one head -> 431 past it
+    max_connections: int = 10_000          # concurrent client connections; more are refused
+    header_timeout: float = 10.0           # a request head must arrive within this (slowloris) -> 408
+    idle_timeout: float = 60.0             # keep-alive connection with no request in flight
+    body_timeout: float = 60.0             # no request body byte for this long -> connection closed
+    connect_timeout: float = 5.0           # connecting to the app -> 502
+    upstream_timeout: float = 60.0         # waiting for the app's response head -> 504
+    upstream_idle_timeout: float = 30.0    # pooled idle upstream connection kept this long
+    max_idle_upstream: int = 256           # pooled idle upstream connections kept
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    target_host: str = "127.0.0.1"
+    target_port: int = 8087
+    rules: tuple[str, ...] = ()
+    admin_host: str = "0.0.0.0"
+    admin_port: int = 9090
+    access_log: bool = False
+    drain_timeout: float = 15.0
+    log_level: str = "info"
+    limits: Limits = field(default_factory=Limits)
+    dashboard: str | None = None           # DASHBOARD (alias MOTHERSHIP): where telemetry is pushed
+    dashboard_token: str | None = None     # DASHBOARD_TOKEN: bearer token for the pushes
+    pod: str = ""                          # POD_NAME, else HOSTNAME
+    reload_poll: float = 5.0               # fallback poll of the rules directory (seconds; 0 = off)
+    watch: bool = True                     # watch the rules directory for changes
+
+
+def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from argparse's namespace for `run` and the environment (flags win)."""
+    env = os.environ if env is None else env
+
+    def pick(flag_value, env_name, default):
+        if flag_value is not None:
+            return flag_value, f"--{env_name.lower().replace('_', '-')}"
+        if env.get(env_name) not in (None, ""):
+            return env[env_name], env_name
+        return default, env_name
+
+    port_text, port_what = pick(args.port, "PORT", "8080")
+    port = parse_port(port_text, port_what if args.port is None else "--port")
+    target_text, target_what = pick(args.target, "TARGET_PORT", "8087")
+    target_host, target_port = parse_target(target_text, "--target" if args.target is not None else target_what)
+    if args.rules:
+        rules = tuple(args.rules)
+    elif env.get("RULES"):
+        rules = tuple(p for p in env["RULES"].split(os.pathsep) if p)
+    else:
+        rules = ()
+    admin_text = args.admin_port if args.admin_port is not None else env.get("ADMIN_PORT", "9090")
+    admin_port = parse_port(admin_text, "--admin-port" if args.admin_port is not None else "ADMIN_PORT",
+                            allow_zero=True)
+    if admin_port and admin_port == port:
+        raise UsageError(f"--admin-port: {admin_port} is also the proxy port; pick another or 0 to turn it off")
+
+    d = Limits()
+    limits = Limits(
+        max_header_size=parse_size(args.max_header_size, "--max-header-size") if args.max_header_size
+        else d.max_header_size,
+        max_headers=parse_positive(args.max_headers, "--max-headers") if args.max_headers else d.max_headers,
+        max_connections=parse_positive(args.max_connections, "--max-connections") if args.max_connections
+        else d.max_connections,
+        header_timeout=_dur(args.header_timeout, "--header-timeout", d.header_timeout),
+        idle_timeout=_dur(args.idle_timeout, "--idle-timeout", d.idle_timeout),
+        body_timeout=_dur(args.body_timeout, "--body-timeout", d.body_timeout),
+        connect_timeout=_dur(args.connect_timeout, "--connect-timeout", d.connect_timeout),
+        upstream_timeout=_dur(args.upstream_timeout, "--upstream-timeout", d.upstream_timeout),
+    )
+    dashboard = env.get("DASHBOARD") or env.get("MOTHERSHIP") or None
+    if getattr(args, "dashboard", None):
+        dashboard = args.dashboard
+    if dashboard and not re.match(r"^https?://", dashboard):
+        # The seed's MOTHERSHIP/DASHBOARD were often given as a bare host:port.
+        dashboard = "http://" + dashboard
+    log_level = (args.log_level or env.get("LOG_LEVEL") or "info").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise UsageError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
+    return Settings(
+        host=args.host or env.get("HOST") or "0.0.0.0",
+        port=port,
+        target_host=target_host,
+        target_port=target_port,
+        rules=rules,
+        admin_port=admin_port,
+        access_log=bool(args.access_log),
+        drain_timeout=_dur(args.drain_timeout, "--drain-timeout", 15.0),
+        log_level=log_level,
+        limits=limits,
+        dashboard=dashboard,
+        dashboard_token=env.get("DASHBOARD_TOKEN") or None,
+        pod=env.get("POD_NAME") or env.get("HOSTNAME") or os.uname().nodename,
+        reload_poll=_dur(getattr(args, "reload_poll", None), "--reload-poll", 5.0),
+        watch=not getattr(args, "no_watch", False),
+    )
+
+
+def _dur(value, what: str, default: float) -> float:
+    return default if value is None else parse_duration(value, what)
