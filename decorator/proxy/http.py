@@ -1,0 +1,230 @@
+"""HTTP/1.1 framing rules on top of httptools (llhttp): what a head may contain, how bodies are framed.
+
+Owns status lines, hop-by-hop handling (RFC 9110 §7.6.1), the request-framing checks llhttp leaves to us
+(RFC 9112 §6: only `chunked` is understood, Transfer-Encoding needs HTTP/1.1, Host rules) and head
+serialisation. Sans-IO: no sockets, no asyncio. Must not import rules, actions or telemetry.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+REASONS.setdefault(421, b"Misdirected Request")
+
+
+def status_line(status: int, reason: bytes | None = None) -> bytes:
+    line = _STATUS_LINES.get(status) if reason is None else None
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason if reason is not None else REASONS.get(status, b""))
+    return line
+
+
+_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in REASONS.items()}
+
+# Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). Plus whatever the
+# Connection header names. Proxy-Connection is not standard but old clients still send it.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade",
+})
+# Framing headers a Reply must not set: the tunnel frames replies itself.
+FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+
+_OWS = b" \t"
+
+
+class FramingError(Exception):
+    """A request the tunnel refuses to forward; `status` is what the client gets (400, 405, 431, 505...)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    return {t.strip(_OWS).lower() for t in value.split(b",") if t.strip(_OWS)}
+
+
+class RequestFraming:
+    """What the head of one request says about its body and its connection, after our checks.
+
+    `headers` is the list to forward: hop-by-hop headers removed (except `Upgrade` on an upgrade
+    request), values stripped of trailing whitespace.
+    """
+
+    __slots__ = ("chunked", "content_length", "keep_alive", "expect_continue", "upgrade", "headers", "host",
+                 "request_id", "has_xff", "has_xfp")
+
+    def __init__(self) -> None:
+        self.chunked = False
+        self.content_length = -1        # -1: no Content-Length
+        self.keep_alive = True
+        self.expect_continue = False
+        self.upgrade: bytes | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host: bytes | None = None
+        self.request_id: bytes | None = None   # X-Request-Id as received (kept when present)
+        self.has_xff = False
+        self.has_xfp = False
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.content_length > 0
+
+
+def check_request(method: bytes, version: str, raw_headers: list[tuple[bytes, bytes]]) -> RequestFraming:
+    """Validate one request head and split its headers into forwardable and connection-level.
+
+    llhttp already rejects CL+TE, duplicate or malformed Content-Length, obs-fold, whitespace
+    before the colon, bare CR/LF and bad chunk sizes; this adds what it accepts but we must not.
+    """
+    if version != "1.1" and version != "1.0":
+        if version.startswith("2") or version.startswith("3"):
+            raise FramingError(505, f"HTTP/{version} is not supported on this port; use HTTP/1.1")
+        raise FramingError(400, f"unsupported HTTP version {version!r}")
+    if method == b"CONNECT":
+        raise FramingError(405, "CONNECT is not supported by this reverse proxy")
+    f = RequestFraming()
+    http11 = version == "1.1"
+    conn_tokens: set[bytes] = set()
+    te_seen = 0
+    out = f.headers
+    for name, value in raw_headers:
+        if value and value[-1] in (32, 9):  # llhttp keeps trailing OWS; the field value excludes it
+            value = value.rstrip(_OWS)
+        low = name.lower()
+        if low in HOP_BY_HOP:
+            if low == b"connection":
+                conn_tokens |= connection_tokens(value)
+            elif low == b"transfer-encoding":
+                te_seen += 1
+                if value.lower() != b"chunked":
+                    raise FramingError(400, "only 'Transfer-Encoding: chunked' is accepted")
+                f.chunked = True
+            elif low == b"upgrade":
+                f.upgrade = value
+            elif low == b"te":
+                pass  # ours to negotiate with the app, not the client's
+            continue
+        if low == b"content-length":
+            f.content_length = int(value)  # llhttp has checked the digits and duplicates
+        elif low == b"host":
+            if f.host is not None:
+                raise FramingError(400, "more than one Host header")
+            f.host = value
+        elif low == b"expect":
+            if value.lower() == b"100-continue":
+                f.expect_continue = True
+        elif low == b"x-request-id":
+            f.request_id = value
+        elif low == b"x-forwarded-for":
+            f.has_xff = True
+        elif low == b"x-forwarded-proto":
+            f.has_xfp = True
+        out.append((name, value))
+    if te_seen > 1:
+        raise FramingError(400, "more than one Transfer-Encoding header")
+    if f.chunked and not http11:
+        # RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means the framing cannot be trusted.
+        raise FramingError(400, "Transfer-Encoding is not allowed in HTTP/1.0")
+    if http11 and f.host is None:
+        raise FramingError(400, "HTTP/1.1 requests need a Host header")
+    if conn_tokens:
+        if b"close" in conn_tokens:
+            f.keep_alive = False
+        elif not http11 and b"keep-alive" in conn_tokens:
+            f.keep_alive = True
+        # Headers named in Connection are hop-by-hop too.
+        named = conn_tokens - {b"close", b"keep-alive", b"upgrade"}
+        if named:
+            f.headers = out = [(n, v) for n, v in out if n.lower() not in named]
+        if f.upgrade is not None and b"upgrade" not in conn_tokens:
+            f.upgrade = None  # Upgrade without Connection: upgrade is not an upgrade request
+    else:
+        f.upgrade = None
+        if not http11:
+            f.keep_alive = False
+    if f.upgrade is not None and (f.chunked or f.content_length > 0):
+        raise FramingError(400, "an Upgrade request must not carry a body")
+    return f
+
+
+class ResponseFraming:
+    """What the app's response head says: body framing and the headers to pass to the client."""
+
+    __slots__ = ("chunked", "content_length", "keep_alive", "headers", "upgrade")
+
+    def __init__(self) -> None:
+        self.chunked = False
+        self.content_length = -1
+        self.keep_alive = True
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.upgrade = False
+
+
+def check_response(version: str, raw_headers: list[tuple[bytes, bytes]], status: int) -> ResponseFraming:
+    f = ResponseFraming()
+    conn_tokens: set[bytes] = set()
+    out = f.headers
+    upgrade_value = None
+    for name, value in raw_headers:
+        if value and value[-1] in (32, 9):
+            value = value.rstrip(_OWS)
+        low = name.lower()
+        if low in HOP_BY_HOP:
+            if low == b"connection":
+                conn_tokens |= connection_tokens(value)
+            elif low == b"transfer-encoding":
+                if value.lower() != b"chunked":
+                    # We re-frame the body; a coding we do not decode cannot be passed on safely.
+                    raise FramingError(502, "the app used a transfer-coding other than chunked")
+                f.chunked = True
+            elif low == b"upgrade":
+                upgrade_value = value
+            continue
+        if low == b"content-length":
+            f.content_length = int(value)
+        out.append((name, value))
+    if conn_tokens:
+        if b"close" in conn_tokens:
+            f.keep_alive = False
+        named = conn_tokens - {b"close", b"keep-alive", b"upgrade"}
+        if named:
+            f.headers = [(n, v) for n, v in out if n.lower() not in named]
+    if version != "1.1" and b"keep-alive" not in conn_tokens:
+        f.keep_alive = False
+    if status == 101 and upgrade_value is not None:
+        f.upgrade = True
+        f.headers.append((b"Upgrade", upgrade_value))
+    return f
+
+
+def serialize_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join([b"%s: %s\r\n" % (k, v) for k, v in headers])
+
+
+def error_body(status: int, message: str) -> bytes:
+    return b"%d %s\n%s\n" % (status, REASONS.get(status, b""), message.encode("utf-8", "replace"))
+
+
+def simple_response(status: int, message: str, close: bool = True,
+                    extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
+    """A complete small response the proxy itself sends (errors, limits)."""
+    body = error_body(status, message)
+    head = [status_line(status), b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Length: %d\r\n" % len(body)]
+    if extra:
+        head.append(serialize_headers(extra))
+    if close:
+        head.append(b"Connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head) + body
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"

@@ -1,0 +1,233 @@
+"""Connections to the app: a keep-alive pool and the response-side protocol.
+
+Owns connecting (with a timeout), parsing the app's responses with httptools and handing each event
+to the client connection that owns the upstream connection for the exchange. Reuses idle connections
+LIFO and drops them after an idle timeout. Must not import rules, actions or telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import Any
+
+import httptools
+
+from decorator.errors import UpstreamError
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to the app. While `owner` is set, every parser event goes to it.
+
+    The owner (a tunnel ClientConnection) implements: up_headers(conn, status, version, headers),
+    up_body(data), up_complete(), up_eof(conn), up_upgrade(rest), up_lost(conn, exc), up_failed(message),
+    up_pause_writing(), up_resume_writing(), up_flush().
+    """
+
+    __slots__ = ("pool", "transport", "parser", "owner", "closed", "reused", "idle_since", "_url",
+                 "_headers", "_in_head", "_skip_body", "_got_bytes", "_paused", "tunnel_to")
+
+    def __init__(self, pool: "UpstreamPool") -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.owner: Any = None
+        self.closed = False
+        self.reused = False
+        self.idle_since = 0.0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = True
+        self._skip_body = False     # HEAD request: llhttp cannot know the response has no body
+        self._got_bytes = False     # any byte of a response since the request was sent
+        self._paused = False
+        self.tunnel_to: asyncio.Transport | None = None   # after a 101: raw bytes go straight there
+
+    # ---- asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel_to is not None:
+            self.tunnel_to.write(data)
+            return
+        owner = self.owner
+        if owner is None:
+            # An idle pooled connection must not talk: whatever it says cannot be framed.
+            self.close()
+            return
+        self._got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            offset = e.args[0] if e.args else len(data)
+            if self.owner is not None:
+                self.owner.up_upgrade(data[offset:])
+        except httptools.HttpParserError as e:
+            if self.owner is not None:
+                self.owner.up_failed(f"invalid response from the app: {e}")
+            self.close()
+            return
+        if self.owner is not None:
+            self.owner.up_flush()
+
+    def eof_received(self) -> bool | None:
+        if self.tunnel_to is not None:
+            if self.tunnel_to.can_write_eof():
+                self.tunnel_to.write_eof()
+            return True
+        # A response without a length ends here; the owner decides whether that is complete.
+        if self.owner is not None:
+            self.owner.up_eof(self)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        owner = self.owner
+        self.owner = None
+        if owner is not None:
+            owner.up_lost(self, exc)
+        else:
+            self.pool.forget(self)
+
+    def pause_writing(self) -> None:
+        if self.owner is not None:
+            self.owner.up_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.owner is not None:
+            self.owner.up_resume_writing()
+
+    # ---- httptools callbacks: record, then hand over
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            self._headers.append((name, value))
+        # else: a trailer field after a chunked body; trailers are not forwarded
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        headers = self._headers
+        self._headers = []
+        status = self.parser.get_status_code()
+        if self.owner is not None:
+            self.owner.up_headers(self, status, self.parser.get_http_version(), headers)
+        if status < 200 and status != 101:
+            self._in_head = True  # an interim 1xx: the final head follows
+
+    def on_body(self, body: bytes) -> None:
+        if self._skip_body:
+            # A body after a HEAD response is a broken app; never reuse this connection.
+            self.pool.discard(self)
+            return
+        if self.owner is not None:
+            self.owner.up_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:
+            return
+        if self.owner is not None:
+            self.owner.up_complete()
+
+    # ---- used by the owner
+    def send(self, data: bytes, head_request: bool) -> None:
+        self._skip_body = head_request
+        self._got_bytes = False
+        self._in_head = True
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def head_done_for_head_request(self) -> None:
+        """After the head of a HEAD response: the message is over; reset llhttp for the next one."""
+        self.parser = httptools.HttpResponseParser(self)
+
+    def pause_reading(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one app address, reused most-recent-first."""
+
+    def __init__(self, host: str, port: int, connect_timeout: float, max_idle: int, idle_timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.idle: collections.deque[UpstreamConnection] = collections.deque()
+        self.stats = {"connects": 0, "connect_errors": 0, "reuses": 0}
+
+    def take_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                self.stats["reuses"] += 1
+                return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
+                self.connect_timeout)
+        except asyncio.TimeoutError:
+            self.stats["connect_errors"] += 1
+            raise UpstreamError(f"connecting to the app at {self.host}:{self.port} timed out") from None
+        except OSError as e:
+            self.stats["connect_errors"] += 1
+            raise UpstreamError(f"cannot connect to the app at {self.host}:{self.port}: "
+                                f"{e.strerror or e}") from None
+        self.stats["connects"] += 1
+        proto.reused = False
+        return proto
+
+    def release(self, conn: UpstreamConnection) -> None:
+        conn.owner = None
+        conn.resume_reading()
+        if conn.closed:
+            return
+        if len(self.idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self.idle.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        conn.owner = None
+        conn.close()
+        self.forget(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle longer than the idle timeout (oldest are at the left)."""
+        idle = self.idle
+        limit = now - self.idle_timeout
+        while idle and idle[0].idle_since < limit:
+            idle.popleft().close()
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.pop().close()
