@@ -1,0 +1,188 @@
+"""The hook interface the rule engine compiles into, exercised through the real tunnel."""
+
+from __future__ import annotations
+
+import asyncio
+
+from decorator.proxy.hooks import Exchange, Hooks, Reply, chain
+from tests.proxy.conftest import open_client, read_response, roundtrip
+
+
+class Recorder(Hooks):
+    def __init__(self) -> None:
+        self.done: list[Exchange] = []
+
+    def on_complete(self, ex: Exchange) -> None:
+        self.done.append(ex)
+
+
+async def test_on_request_reply_short_circuits(upstream, make_proxy):
+    class H(Hooks):
+        def on_request(self, ex):
+            if ex.path == "/blocked":
+                return Reply(403, [(b"Content-Type", b"text/plain")], b"no\n")
+            ex.request_headers.append((b"X-Added", b"1"))
+            return None
+
+    px = await make_proxy(upstream.port, hooks=H())
+    resp = await roundtrip(px.port, b"GET /blocked HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert resp.status == 403 and resp.body == b"no\n" and resp.header("content-length") == "3"
+    assert upstream.requests == []
+    await roundtrip(px.port, b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert upstream.requests[0].header("x-added") == "1"
+
+
+async def test_on_response_head_replaces_404_with_streamed_file(upstream, make_proxy, tmp_path):
+    page = tmp_path / "404.html"
+    page.write_bytes(b"<h1>friendly</h1>" * 20000)  # 340 KB: streamed in chunks
+
+    async def not_found(seen, writer, reader):
+        body = b"app's boring 404"
+        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        return True
+
+    class H(Hooks):
+        def on_response_head(self, ex):
+            if ex.status == 404:
+                return Reply(404, [(b"Content-Type", b"text/html")], file=str(page))
+            return None
+
+    upstream.handler = not_found
+    rec = Recorder()
+    px = await make_proxy(upstream.port, hooks=chain(H(), rec))
+    r, w = await open_client(px.port)
+    for _ in range(3):  # keep-alive survives, the app's body was drained and the pool reused
+        w.write(b"GET /missing HTTP/1.1\r\nHost: a\r\n\r\n")
+        resp = await asyncio.wait_for(read_response(r), 5)
+        assert resp.status == 404 and resp.body == page.read_bytes()
+        assert resp.header("content-type") == "text/html"
+    w.close()
+    await asyncio.sleep(0.05)
+    assert upstream.connections == 1
+    assert [ex.status for ex in rec.done] == [404, 404, 404]
+    assert all(ex.replaced for ex in rec.done)
+    assert rec.done[0].bytes_out == page.stat().st_size
+
+
+async def test_on_response_head_can_edit_headers(upstream, make_proxy):
+    class H(Hooks):
+        def on_response_head(self, ex):
+            ex.response_headers.append((b"X-Frame-Options", b"DENY"))
+            return None
+
+    px = await make_proxy(upstream.port, hooks=H())
+    resp = await roundtrip(px.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert resp.header("x-frame-options") == "DENY" and resp.body == b"GET / 0\n"
+
+
+async def test_on_complete_sees_status_bytes_and_timings(upstream, make_proxy):
+    rec = Recorder()
+    px = await make_proxy(upstream.port, hooks=rec)
+    r, w = await open_client(px.port)
+    w.write(b"POST /items/7 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+    resp = await read_response(r)
+    w.close()
+    await asyncio.sleep(0.05)
+    (ex,) = rec.done
+    assert (ex.method, ex.path, ex.status) == ("POST", "/items/7", 200)
+    assert ex.bytes_in == 5 and ex.bytes_out == len(resp.body)
+    assert ex.t_start <= ex.t_response <= ex.t_end and ex.duration > 0
+    assert ex.error is None and not ex.replaced
+    assert ex.request_id == upstream.requests[0].header("x-request-id")
+
+
+async def test_on_complete_after_upstream_failure(make_proxy):
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    rec = Recorder()
+    px = await make_proxy(port, hooks=rec)
+    resp = await roundtrip(px.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert resp.status == 502
+    await asyncio.sleep(0.05)
+    assert rec.done[0].status == 502 and rec.done[0].error
+
+
+async def test_raising_hook_is_isolated(upstream, make_proxy):
+    class Broken(Hooks):
+        def on_request(self, ex):
+            raise RuntimeError("bug in a hook")
+
+        def on_response_head(self, ex):
+            raise RuntimeError("bug in a hook")
+
+        def on_complete(self, ex):
+            raise RuntimeError("bug in a hook")
+
+    px = await make_proxy(upstream.port, hooks=Broken())
+    r, w = await open_client(px.port)
+    for _ in range(2):
+        w.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert (await read_response(r)).status == 200
+    w.close()
+    assert px.stats["hook_errors"] >= 5
+
+
+async def test_swapping_hooks_does_not_touch_exchange_in_flight(upstream, make_proxy):
+    gate = asyncio.Event()
+
+    async def held(seen, writer, reader):
+        if seen.target == "/slow":
+            await gate.wait()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    class Tag(Hooks):
+        def __init__(self, tag: bytes) -> None:
+            self.tag = tag
+
+        def on_response_head(self, ex):
+            ex.response_headers.append((b"X-Rules", self.tag))
+            return None
+
+    upstream.handler = held
+    px = await make_proxy(upstream.port, hooks=Tag(b"old"))
+    r, w = await open_client(px.port)
+    w.write(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+    await asyncio.sleep(0.1)
+    px.hooks = Tag(b"new")  # a reload while /slow is in flight
+    fresh = await roundtrip(px.port, b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n")
+    gate.set()
+    slow = await read_response(r)
+    assert slow.header("x-rules") == "old"
+    assert fresh.header("x-rules") == "new"
+
+
+async def test_reply_in_place_of_proxy_502(make_proxy):
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+
+    class Friendly(Hooks):
+        def on_response_head(self, ex):
+            if ex.status >= 500:
+                return Reply(ex.status, [(b"Content-Type", b"text/html")], b"<p>we are on it</p>")
+            return None
+
+    px = await make_proxy(port, hooks=Friendly())
+    resp = await roundtrip(px.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert resp.status == 502 and resp.body == b"<p>we are on it</p>"
+
+
+async def test_head_request_reply_has_no_body(upstream, make_proxy):
+    class H(Hooks):
+        def on_request(self, ex):
+            return Reply(200, [], b"body-not-sent")
+
+    px = await make_proxy(upstream.port, hooks=H())
+    r, w = await open_client(px.port)
+    w.write(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = await read_response(r, "HEAD")
+    assert head.status == 200 and head.header("content-length") == "13"
+    get = await read_response(r)
+    assert get.body == b"body-not-sent"
+    w.close()
