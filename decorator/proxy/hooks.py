@@ -45,7 +45,7 @@ class Exchange:
     __slots__ = (
         "method", "target", "path", "query", "version", "request_headers", "client", "scheme",
         "request_id", "status", "reason", "response_headers", "replaced", "bytes_in", "bytes_out",
-        "t_start", "t_response", "t_end", "started_at", "error", "route", "state", "upgraded",
+        "t_start", "t_response", "t_end", "error", "route", "state", "upgraded",
     )
 
     def __init__(self, method: str, target: str, version: str, request_headers: Headers,
@@ -69,7 +69,6 @@ class Exchange:
         self.t_start = time.monotonic()      # request head complete
         self.t_response = 0.0                # response head known (app's or a hook's)
         self.t_end = 0.0                     # last response byte written (or the exchange failed)
-        self.started_at = time.time()        # wall clock, for telemetry timestamps
         self.error: str | None = None        # e.g. "upstream_refused", "upstream_timeout", "client_closed"
         self.route: str | None = None        # endpoint name (route template) set by hooks
         self.state: dict | None = None       # hooks' scratch space for this exchange
@@ -80,6 +79,11 @@ class Exchange:
 
     def response_header(self, name: bytes) -> bytes | None:
         return header_get(self.response_headers, name) if self.response_headers else None
+
+    @property
+    def started_at(self) -> float:
+        """Wall-clock time of t_start (derived: one clock read per exchange is enough)."""
+        return time.time() - (time.monotonic() - self.t_start)
 
     @property
     def duration(self) -> float:

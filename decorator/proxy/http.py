@@ -34,6 +34,9 @@ FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _OWS = b" \t"
 
 
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+
 class FramingError(Exception):
     """A request the tunnel refuses to forward; `status` is what the client gets (400, 405, 431, 505...)."""
 
@@ -43,8 +46,16 @@ class FramingError(Exception):
         self.message = message
 
 
-def connection_tokens(value: bytes) -> set[bytes]:
-    return {t.strip(_OWS).lower() for t in value.split(b",") if t.strip(_OWS)}
+_COMMON_TOKENS = {b"keep-alive": frozenset({b"keep-alive"}), b"close": frozenset({b"close"}),
+                  b"upgrade": frozenset({b"upgrade"})}
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    low = value.lower()
+    common = _COMMON_TOKENS.get(low)  # nearly every Connection header is one of these
+    if common is not None:
+        return common
+    return frozenset(t.strip(_OWS) for t in low.split(b",") if t.strip(_OWS))
 
 
 class RequestFraming:
@@ -88,7 +99,7 @@ def check_request(method: bytes, version: str, raw_headers: list[tuple[bytes, by
         raise FramingError(405, "CONNECT is not supported by this reverse proxy")
     f = RequestFraming()
     http11 = version == "1.1"
-    conn_tokens: set[bytes] = set()
+    conn_tokens: frozenset[bytes] = frozenset()
     te_seen = 0
     out = f.headers
     for name, value in raw_headers:
@@ -137,7 +148,7 @@ def check_request(method: bytes, version: str, raw_headers: list[tuple[bytes, by
         elif not http11 and b"keep-alive" in conn_tokens:
             f.keep_alive = True
         # Headers named in Connection are hop-by-hop too.
-        named = conn_tokens - {b"close", b"keep-alive", b"upgrade"}
+        named = conn_tokens - _CONNECTION_OPTIONS
         if named:
             f.headers = out = [(n, v) for n, v in out if n.lower() not in named]
         if f.upgrade is not None and b"upgrade" not in conn_tokens:
@@ -164,14 +175,22 @@ class ResponseFraming:
         self.upgrade = False
 
 
+# Lengths of the header names check_response must look at; others are passed on without lower().
+_RESPONSE_SPECIAL_LENGTHS = frozenset(len(n) for n in HOP_BY_HOP | {b"content-length"})
+
+
 def check_response(version: str, raw_headers: list[tuple[bytes, bytes]], status: int) -> ResponseFraming:
     f = ResponseFraming()
-    conn_tokens: set[bytes] = set()
+    conn_tokens: frozenset[bytes] = frozenset()
     out = f.headers
     upgrade_value = None
+    special = _RESPONSE_SPECIAL_LENGTHS
     for name, value in raw_headers:
         if value and value[-1] in (32, 9):
             value = value.rstrip(_OWS)
+        if len(name) not in special:
+            out.append((name, value))
+            continue
         low = name.lower()
         if low in HOP_BY_HOP:
             if low == b"connection":
@@ -190,7 +209,7 @@ def check_response(version: str, raw_headers: list[tuple[bytes, bytes]], status:
     if conn_tokens:
         if b"close" in conn_tokens:
             f.keep_alive = False
-        named = conn_tokens - {b"close", b"keep-alive", b"upgrade"}
+        named = conn_tokens - _CONNECTION_OPTIONS
         if named:
             f.headers = [(n, v) for n, v in out if n.lower() not in named]
     if version != "1.1" and b"keep-alive" not in conn_tokens:
@@ -202,7 +221,7 @@ def check_response(version: str, raw_headers: list[tuple[bytes, bytes]], status:
 
 
 def serialize_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join([b"%s: %s\r\n" % (k, v) for k, v in headers])
+    return b"".join([b"%s: %s\r\n" % kv for kv in headers])
 
 
 def error_body(status: int, message: str) -> bytes:

@@ -324,12 +324,6 @@ class ClientConnection(asyncio.Protocol):
             self._flush()
 
     # ------------------------------------------------------------------ httptools callbacks
-    def on_message_begin(self) -> None:
-        self.in_head = True
-        self._url = b""
-        self._headers = []
-        self.head_exact = 0
-
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self.limits.max_header_size:
@@ -355,6 +349,10 @@ class ClientConnection(asyncio.Protocol):
         version = parser.get_http_version()
         framing = http.check_request(method, version, self._headers)  # FramingError -> callback error
         url = self._url
+        # State for the next head is reset here rather than in on_message_begin: one callback less.
+        self._url = b""
+        self._headers = []
+        self.head_exact = 0
         if not url.startswith(b"/"):
             url = _origin_form(url, method)
         rid = framing.request_id
@@ -493,7 +491,7 @@ class ClientConnection(asyncio.Protocol):
         flow = self.active
         if flow is None or flow.up is not conn:
             return
-        flow.t_last_up = _monotonic()
+        flow.t_last_up = conn.last_read
         if status < 200 and status != 101:
             # Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they are.
             if flow.version == "1.1" and not flow.discarding:
@@ -559,7 +557,6 @@ class ClientConnection(asyncio.Protocol):
         flow = self.active
         if flow is None:
             return
-        flow.t_last_up = _monotonic()
         if flow.discarding:
             flow.discarded += len(data)
             if flow.discarded > _DISCARD_MAX and flow.up is not None:
@@ -926,7 +923,8 @@ class ClientConnection(asyncio.Protocol):
                 self._send_error(flow, 504, f"the app did not answer within {lim.upstream_timeout:g}s")
                 self._flush()
                 return
-        elif flow.up is not None and not self.write_paused and now - flow.t_last_up > lim.upstream_timeout:
+        elif (flow.up is not None and not self.write_paused
+              and now - max(flow.t_last_up, flow.up.last_read) > lim.upstream_timeout):
             flow.error = "upstream_timeout"
             self.abort()  # stalled mid-body
             return

@@ -16,6 +16,8 @@ import httptools
 
 from decorator.errors import UpstreamError
 
+_monotonic = time.monotonic
+
 
 class UpstreamConnection(asyncio.Protocol):
     """One connection to the app. While `owner` is set, every parser event goes to it.
@@ -26,7 +28,7 @@ class UpstreamConnection(asyncio.Protocol):
     """
 
     __slots__ = ("pool", "transport", "parser", "owner", "closed", "reused", "idle_since", "_url",
-                 "_headers", "_in_head", "_skip_body", "_got_bytes", "_paused", "tunnel_to")
+                 "_headers", "_in_head", "_skip_body", "_got_bytes", "_paused", "tunnel_to", "last_read")
 
     def __init__(self, pool: "UpstreamPool") -> None:
         self.pool = pool
@@ -41,6 +43,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._skip_body = False     # HEAD request: llhttp cannot know the response has no body
         self._got_bytes = False     # any byte of a response since the request was sent
         self._paused = False
+        self.last_read = 0.0
         self.tunnel_to: asyncio.Transport | None = None   # after a 101: raw bytes go straight there
 
     # ---- asyncio callbacks
@@ -57,6 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self._got_bytes = True
+        self.last_read = _monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
