@@ -13,8 +13,10 @@ import sys
 import time
 
 from decorator.admin import AdminServer, json_response
+from decorator.proxy.hooks import chain
 from decorator.proxy.tunnel import ProxyServer
 from decorator.settings import Settings
+from decorator.telemetry import Telemetry
 
 log = logging.getLogger("decorator")
 
@@ -39,9 +41,50 @@ class App:
         self.admin: AdminServer | None = None
         self.started_at = time.time()
         self._stopping = False
+        # Prometheus metrics see every exchange; the dashboard's stats come from `record` rules.
+        self.telemetry = Telemetry(dashboard=settings.dashboard, token=settings.dashboard_token,
+                                   pod=settings.pod, record_all=False)
+        self.telemetry.add_source(lambda: self.proxy.stats)
+        self.telemetry.add_source(lambda: self.proxy.upstream_stats)
+        self.runtime = None
+        self.reloader = None
+        self.rules_hooks = None
+
+    def _build(self, paths):
+        """load + validate + compile: what a reload swaps in (RulesInvalid on a user error)."""
+        from decorator.rules import compile_rules, load_rules
+        ruleset = load_rules(paths)
+        return ruleset.digest, compile_rules(ruleset, self.runtime)
+
+    def _swap(self, rules_hooks) -> None:
+        self.rules_hooks = rules_hooks
+        # One assignment: exchanges in flight keep the Hooks object they started with.
+        self.proxy.hooks = chain(self.telemetry.hooks, rules_hooks)
+
+    def load_rules(self) -> None:
+        """Load the rules before anything listens: invalid rules stop the start (RulesInvalid)."""
+        s = self.settings
+        if not s.rules:
+            self.proxy.hooks = self.telemetry.hooks
+            return
+        from decorator.actions.runtime import Runtime
+        from decorator.reload import Reloader
+        self.runtime = Runtime(recorder=self.telemetry.aggregator, pod=s.pod)
+        self.telemetry.add_source(lambda: self.runtime.counters)
+        self.reloader = Reloader(s.rules, build=self._build, on_swap=self._swap,
+                                 poll_interval=s.reload_poll, watch=s.watch)
+        self.telemetry.add_source(self.reloader.counters)
+        self.reloader.load_initial()
 
     async def start(self) -> None:
         s = self.settings
+        if self.runtime is None and self.proxy.hooks is None:
+            self.load_rules()
+        if self.runtime is not None:
+            await self.runtime.start()
+        if self.reloader is not None:
+            await self.reloader.start()
+        await self.telemetry.start()
         await self.proxy.start(s.host, s.port)
         if s.admin_port:
             self.admin = AdminServer(self.admin_routes())
@@ -50,7 +93,12 @@ class App:
                  s.target_port, f", admin on :{self.admin.port}" if self.admin else "")
 
     def admin_routes(self) -> dict:
-        return {"/healthz": self._healthz, "/readyz": self._readyz, "/status": self._status}
+        return {"/healthz": self._healthz, "/readyz": self._readyz, "/status": self._status,
+                "/metrics": self._metrics}
+
+    def _metrics(self):
+        body, ctype = self.telemetry.metrics.render()
+        return 200, ctype, body
 
     def _healthz(self):
         return 200, "text/plain", b"ok\n"
@@ -79,6 +127,9 @@ class App:
             "draining": self.proxy.draining,
             "proxy": dict(self.proxy.stats, connections_open=len(self.proxy.connections)),
             "upstream": dict(self.proxy.upstream_stats, idle=len(self.proxy.pool.idle)),
+            "rules": self.reloader.status() if self.reloader is not None else None,
+            "rule_counters": self.runtime.counters if self.runtime is not None else None,
+            "telemetry": self.telemetry.status(),
         }
 
     async def stop(self) -> bool:
@@ -88,15 +139,22 @@ class App:
         t0 = time.monotonic()
         n = len(self.proxy.connections)
         log.info("stopping: draining %d connection(s), up to %.0fs", n, self.settings.drain_timeout)
+        if self.reloader is not None:
+            await self.reloader.close()
         clean = await self.proxy.shutdown(self.settings.drain_timeout)
         if self.admin is not None:
             await self.admin.close()
+        # After the drain: the last exchanges' notifications and stats still go out (bounded).
+        if self.runtime is not None:
+            await self.runtime.close()
+        await self.telemetry.close()
         log.info("stopped after %.2fs%s", time.monotonic() - t0, "" if clean else " (drain timed out)")
         return clean
 
 
 async def _main(settings: Settings) -> int:
     app = App(settings)
+    app.load_rules()  # RulesInvalid goes up to the CLI: every error line, exit 1, nothing started
     try:
         await app.start()
     except OSError as e:
@@ -107,6 +165,10 @@ async def _main(settings: Settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if app.reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, app.reloader.trigger, "SIGHUP")
+    else:
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP: no rules configured, nothing to reload"))
     await stop.wait()
     await app.stop()
     return 0

@@ -293,10 +293,7 @@ class ClientConnection(asyncio.Protocol):
         if self.in_head:
             if not self.head_start:
                 self.head_start = now
-            self.head_bytes += len(data)
-            if self.head_bytes > self.limits.max_header_size + 65536:
-                self._reject(431, "request header block too large")
-                return
+            self.head_bytes += len(data)  # reset by on_headers_complete when the head ends in this read
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -317,6 +314,11 @@ class ClientConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as e:
             self._reject(400, f"malformed request: {e}")
+            return
+        if self.in_head and self.head_bytes > self.limits.max_header_size:
+            # An unfinished head this big (one endless line defeats the per-header checks): llhttp
+            # would keep buffering it.
+            self._reject(431, "request header block too large")
             return
         if self.active is None and self.queue:
             self._start_next()

@@ -1,0 +1,241 @@
+"""Prometheus metrics for /metrics: request duration histogram, in-flight requests, other parts' counters.
+
+Owns the sidecar's own CollectorRegistry (never the global one), the always-on observer and
+TelemetryHooks. Must not import rules or proxy internals (only proxy.hooks); other parts' counters
+arrive as plain dicts through `add_source`, read at scrape time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    UnknownMetricFamily,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from decorator.dashboard.wire import LATENCY_BOUNDS_MS, N_BUCKETS
+from decorator.proxy.hooks import Exchange, Hooks
+from decorator.telemetry.aggregate import ALL_FIELDS, Aggregator, Endpoints
+
+log = logging.getLogger("decorator.telemetry")
+
+DURATION = "http_server_request_duration_seconds"
+ACTIVE = "http_server_active_requests"
+_LABELS = ["http_request_method", "http_route", "http_response_status_class"]
+_BOUNDS_S = [b / 1000.0 for b in LATENCY_BOUNDS_MS]   # the dashboard's buckets, so both views agree
+_LE = [floatToGoString(b) for b in _BOUNDS_S]
+_CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")  # 0xx: no response was sent (client gone, ...)
+
+# Counters other parts keep in plain dicts: source key -> (metric name, type, help, label for dict values).
+# A source key not listed here is exported as `decorator_<key>` with type unknown.
+KNOWN: dict[str, tuple[str, str, str, str | None]] = {
+    # the rules runtime (runtime.counters: {counter: {rule name: n}})
+    "rule_hits": ("decorator_rule_hits", "counter", "Exchanges a rule matched.", "rule"),
+    "action_errors": ("decorator_action_errors", "counter", "Rule actions that raised (isolated).", "rule"),
+    "records": ("decorator_records", "counter", "record actions run without a telemetry sink.", "rule"),
+    "notify_sent": ("decorator_notify_sent", "counter", "Notifications delivered.", "rule"),
+    "notify_failed": ("decorator_notify_failed", "counter", "Notifications that failed.", "rule"),
+    "notify_dropped": ("decorator_notify_dropped", "counter",
+                       "Notifications dropped (queue full or rate limited).", "rule"),
+    "notify_suppressed": ("decorator_notify_suppressed", "counter",
+                          "Notifications held back by a rule's window or threshold.", "rule"),
+    # the reloader (reload.counters())
+    "reloads": ("decorator_rule_reloads", "counter", "Rule sets loaded and swapped in.", None),
+    "reload_failures": ("decorator_rule_reload_failures", "counter",
+                        "Rule reloads rejected (the previous rules stay).", None),
+    # the tunnel (ProxyServer.stats)
+    "connections_total": ("decorator_connections", "counter", "Client connections accepted.", None),
+    "connections_refused": ("decorator_connections_refused", "counter",
+                            "Client connections refused (over the connection limit or draining).", None),
+    "exchanges": ("decorator_exchanges", "counter", "Exchanges started.", None),
+    "in_flight": ("decorator_exchanges_in_flight", "gauge", "Exchanges in flight, as the tunnel counts.", None),
+    "bad_requests": ("decorator_bad_requests", "counter", "Requests refused as malformed or too large.", None),
+    "upstream_errors": ("decorator_upstream_errors", "counter",
+                        "Connections to the app that failed or broke (502).", None),
+    "upstream_connect_errors": ("decorator_upstream_connect_errors", "counter",
+                                "Connections to the app that could not be opened.", None),
+    "upstream_timeouts": ("decorator_upstream_timeouts", "counter", "App answers that timed out (504).", None),
+    "hook_errors": ("decorator_hook_errors", "counter", "Hooks that raised (the exchange went on).", None),
+    "replies": ("decorator_replies", "counter", "Answers sent by a hook or the proxy instead of the app.", None),
+    # the upstream pool (ProxyServer.upstream_stats)
+    "connect_errors": ("decorator_upstream_connect_errors", "counter",
+                       "Connections to the app that could not be opened.", None),
+    "connects": ("decorator_upstream_connects", "counter", "Connections opened to the app.", None),
+    "reuses": ("decorator_upstream_reuses", "counter", "Exchanges sent on a pooled app connection.", None),
+    # the pusher (Pusher.counters)
+    "push_sent": ("decorator_push_sent", "counter", "Telemetry posts the dashboard accepted.", None),
+    "push_failed": ("decorator_push_failed", "counter", "Telemetry posts that failed.", None),
+    "push_dropped": ("decorator_push_dropped", "counter",
+                     "Stats batches dropped (buffer full or rejected by the dashboard).", None),
+    "push_buffered": ("decorator_push_buffered", "gauge", "Stats batches waiting for the dashboard.", None),
+}
+_NAME_OK = re.compile(r"[^a-zA-Z0-9_]")
+
+Source = Callable[[], Mapping[str, Any]]
+
+
+class _Series:
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * N_BUCKETS
+        self.total = 0.0
+        self.count = 0
+
+
+class Metrics:
+    """The sidecar's metrics; `observe(ex)` is called for every completed exchange.
+
+    The duration histogram is kept in plain lists (no locks, no label lookups: everything runs on
+    the event loop) and handed to prometheus_client as a metric family at scrape time. Its
+    `http_route` label uses the same capped endpoint names as the aggregator, which bounds the
+    number of series.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, endpoints: Endpoints | None = None,
+                 process: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.endpoints = endpoints if endpoints is not None else Endpoints()
+        self._series: dict[tuple[str, str, str], _Series] = {}
+        self._sources: list[tuple[Source, str | None]] = []
+        self.in_flight: set[Exchange] = set()
+        self.source_errors = 0
+        self.registry.register(_Collector(self))
+        if process:
+            from prometheus_client import PlatformCollector, ProcessCollector
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+
+    def request_started(self, ex: Exchange) -> None:
+        self.in_flight.add(ex)
+
+    def observe(self, ex: Exchange) -> None:
+        # A set rather than a number: an exchange completed without being started (a hook earlier in
+        # the chain replied before ours ran, a head rejected before on_request) cannot push the gauge
+        # below zero.
+        self.in_flight.discard(ex)
+        method, route = self.endpoints.key(ex)
+        status = ex.status
+        key = (method, route, _CLASSES[status // 100] if 0 <= status < 600 else "0xx")
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = _Series()
+        seconds = ex.duration
+        s.buckets[bisect_left(_BOUNDS_S, seconds)] += 1
+        s.total += seconds
+        s.count += 1
+
+    def add_source(self, fn: Source, label: str | None = None) -> None:
+        """Export the counters `fn()` returns at each scrape.
+
+        `fn` returns {key: number} or {key: {name: number}}; keys listed in KNOWN get their
+        documented name and type, others become `decorator_<key>`. A dict value gets one label,
+        named after KNOWN's entry, else `label`, else "name". A source that raises is skipped for
+        that scrape (logged, counted in decorator_metrics_source_errors_total).
+        """
+        self._sources.append((fn, label))
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """(body, content type) for the admin server's /metrics, negotiated from the Accept header.
+
+        Without an Accept asking for OpenMetrics this is the classic text format 0.0.4, which every
+        Prometheus version scrapes.
+        """
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+    def status(self) -> dict[str, Any]:
+        return {"in_flight": len(self.in_flight), "series": len(self._series),
+                "source_errors": self.source_errors}
+
+    def _families(self) -> Iterable[Metric]:
+        h = HistogramMetricFamily(DURATION, "Duration of HTTP server requests, head to last byte.",
+                                  labels=_LABELS, unit="seconds")
+        for (method, route, cls), s in list(self._series.items()):
+            cum, acc = [], 0
+            for le, n in zip(_LE, s.buckets):
+                acc += n
+                cum.append((le, acc))
+            cum.append(("+Inf", s.count))
+            h.add_metric([method, route, cls], cum, s.total)
+        yield h
+        yield GaugeMetricFamily(ACTIVE, "HTTP server requests in flight.", value=len(self.in_flight))
+        families: dict[str, tuple[Metric, bool, set]] = {}
+        for fn, label in self._sources:
+            try:
+                data = fn()
+                for key, value in data.items():
+                    _add(families, key, value, label)
+            except Exception:
+                self.source_errors += 1
+                log.exception("metrics source %r failed", fn)
+        yield from (f for f, _, _ in families.values())
+        yield CounterMetricFamily("decorator_metrics_source_errors", "Metric sources that raised at scrape.",
+                                  value=self.source_errors)
+
+
+def _add(families: dict[str, tuple[Metric, bool, set]], key: str, value: Any, label: str | None) -> None:
+    name, kind, doc, known_label = KNOWN.get(key) or (
+        "decorator_" + _NAME_OK.sub("_", str(key)), "unknown", f"{key} (from a component's counters).", None)
+    entry = families.get(name)
+    if entry is None:
+        labelled = isinstance(value, Mapping)
+        cls = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}.get(kind, UnknownMetricFamily)
+        fam = cls(name, doc, labels=[known_label or label or "name"] if labelled else None)
+        entry = families[name] = (fam, labelled, set())
+    fam, labelled, seen = entry
+    # Two sources giving the same series (or the same key in two shapes) would make the scrape
+    # invalid; the first one wins.
+    if labelled and isinstance(value, Mapping):
+        for sub, n in value.items():
+            if str(sub) not in seen:
+                seen.add(str(sub))
+                fam.add_metric([str(sub)], float(n))
+    elif not labelled and not isinstance(value, Mapping) and not seen:
+        seen.add("")
+        fam.add_metric([], float(value))
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self.metrics._families()
+
+
+class TelemetryHooks(Hooks):
+    """Hooks that feed the metrics (and, when given, the aggregator) from every exchange.
+
+    Chain it with the rules' hooks (`proxy.hooks.chain(telemetry_hooks, rules_hooks)`); completion
+    hooks all run, so the rules' `route` is set by the time `on_complete` names the endpoint.
+    Pass `aggregator` to record every exchange for the dashboard (the seed's behaviour); leave it
+    None when the rules' `record` actions decide what is recorded.
+    """
+
+    def __init__(self, metrics: Metrics, aggregator: Aggregator | None = None) -> None:
+        self.metrics = metrics
+        self.aggregator = aggregator
+        self.on_request = metrics.request_started
+        if aggregator is None:
+            self.on_complete = metrics.observe
+        else:
+            observe, record = metrics.observe, aggregator.record
+
+            def on_complete(ex: Exchange) -> None:
+                observe(ex)
+                record(ex, ALL_FIELDS)
+
+            self.on_complete = on_complete
