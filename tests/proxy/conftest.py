@@ -120,7 +120,7 @@ class Upstream:
     handler: object = None
     server: asyncio.AbstractServer | None = None
 
-    async def start(self) -> "Upstream":
+    async def start(self) -> Upstream:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -211,7 +211,7 @@ async def closed_after(reader: asyncio.StreamReader, timeout: float = 5.0) -> bo
         return True
     except ConnectionError:
         return True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
 
 

@@ -43,7 +43,7 @@ async def test_keep_alive_reuses_one_upstream_connection(upstream, proxy):
 
 
 async def test_pool_is_shared_between_clients(upstream, proxy):
-    for i in range(5):
+    for _ in range(5):
         resp = await roundtrip(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         assert resp.status == 200
     assert upstream.connections == 1  # one pooled upstream connection served five client connections

@@ -199,7 +199,7 @@ def test_sigterm_drains_in_flight_requests(sidecar):
     def call():
         try:
             results.append(_get(port, "/slow=1.5"))
-        except Exception as e:  # noqa: BLE001 - the assertion below reports it
+        except Exception as e:
             results.append(e)
 
     threads = [threading.Thread(target=call) for _ in range(8)]
@@ -238,7 +238,7 @@ def test_sigint_stops_too(sidecar):
 def _swallow(fn):
     try:
         fn()
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
 
 
