@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("explain", help="show which rules match a request, in which phase, and why not")
     e.add_argument("request", metavar='"METHOD /path"')
-    e.add_argument("--rules", nargs="+", metavar="PATH", required=True)
+    e.add_argument("--rules", action="append", metavar="PATH", required=True,
+                   help="rules file or directory (repeatable)")
     e.add_argument("--status", type=int, help="the app's response status to assume")
     e.add_argument("--header", action="append", default=[], metavar="K:V",
                    help="a request header (repeatable)")
@@ -124,9 +125,10 @@ def _dispatch(args) -> int:
         sys.stdout.write(render())
         return 0
     if args.command == "dashboard":
+        import os
+
         from decorator.dashboard.server import serve
         from decorator.settings import parse_duration
-        import os
         return serve(host=args.host, port=args.port, db=args.db,
                      retention=parse_duration(args.retention, "--retention"),
                      token=os.environ.get("DASHBOARD_TOKEN") or None)

@@ -1,0 +1,57 @@
+"""`record`: hand the exchange's timing/status/size to telemetry at completion.
+
+Calls `runtime.recorder.record(ex, fields)`; with no recorder it only counts. Imports proxy.hooks
+and rules.base only; telemetry is reached through the runtime, never imported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from decorator.actions.registry import Action, RuleInfo, register
+from decorator.proxy.hooks import Exchange
+from decorator.rules.base import Strict
+
+ALL_FIELDS = frozenset({"timing", "status", "size"})
+
+
+class RecordConfig(Strict):
+    """Record the exchange in telemetry at completion. `record: {}` records everything; naming
+    fields records just those."""
+
+    timing: bool | None = Field(None, description="Duration and upstream latency.")
+    status: bool | None = Field(None, description="Final status (and its class).")
+    size: bool | None = Field(None, description="Bytes in and out.")
+
+    @model_validator(mode="after")
+    def _some(self) -> RecordConfig:
+        if self.fields() == frozenset():
+            raise ValueError("record needs at least one of timing, status, size set to true")
+        return self
+
+    def fields(self) -> frozenset[str]:
+        given = {k: v for k in ALL_FIELDS if (v := getattr(self, k)) is not None}
+        if not given:
+            return ALL_FIELDS
+        return frozenset(k for k, v in given.items() if v)
+
+
+@register
+class Record(Action):
+    name = "record"
+    Config = RecordConfig
+    summary = "Record timing/status/size of the exchange into telemetry (at completion)."
+
+    def __init__(self, config: RecordConfig, rule: RuleInfo, prepared: Any, runtime: Any) -> None:
+        super().__init__(config, rule, prepared, runtime)
+        self._fields = config.fields()
+        self.complete = self._record
+
+    def _record(self, ex: Exchange) -> None:
+        rec = self.runtime.recorder
+        if rec is None:
+            self.runtime.count("records", self.rule.name)
+        else:
+            rec.record(ex, self._fields)

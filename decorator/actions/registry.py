@@ -1,0 +1,123 @@
+"""The action registry: the one contract every action (built-in or added) follows.
+
+An action is a class with a YAML key (`name`), a pydantic `Config`, a load-time `prepare` and
+per-phase handlers. Imports only proxy.hooks and rules.base; never rules.models or the tunnel.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Protocol
+
+from decorator.proxy.hooks import Exchange, Reply
+from decorator.rules.base import Strict
+
+log = logging.getLogger("decorator.actions")
+
+BUILTIN = ("respond", "headers", "record", "notify")
+
+
+@dataclass(frozen=True)
+class RuleInfo:
+    """What an action may know about the rule it belongs to."""
+
+    name: str
+    needs_response: bool    # the rule's match reads the response (status, response headers, timing)
+    base_dir: str           # directory of the rule's file: relative paths start here
+
+
+class LoadContext(Protocol):
+    """What `prepare` gets from the loader (decorator.rules.load implements it)."""
+
+    def read_file(self, path: str, loc: tuple) -> bytes | None:
+        """Read a file the action needs (recorded in the rule set's digest); None after reporting
+        a located error when it cannot be read. `loc` is relative to the action's config."""
+
+    def error(self, loc: tuple, message: str) -> None:
+        """Report a user error at `loc` (relative to the action's config, e.g. ("file",))."""
+
+    def is_real_file(self, path: str) -> bool:
+        """False for files that exist only inside a ConfigMap manifest being validated."""
+
+
+class Action:
+    """Base of every action. One instance per rule that uses it, built once per compile.
+
+    Subclasses set `name`, `Config`, `summary`, may override `prepare` (load time: read files,
+    check what the model alone cannot) and set, in `__init__`, the handlers they need:
+
+    - `request(ex) -> Reply | None`: before the app is called. A Reply answers directly.
+    - `response(ex, reply) -> Reply | None`: on the response head. `reply` is the Reply an
+      earlier rule chose (or None: the app's response goes out). Actions with `replies = True`
+      return a Reply to replace the response; the others edit headers (`reply.headers` when a
+      reply was chosen, else `ex.response_headers`) and return None.
+    - `complete(ex) -> None`: the exchange is over (ex.status is what the client got).
+
+    Handlers run on the event loop: they must never block or await. A handler that raises is
+    logged and counted in runtime.counters["action_errors"][rule]; the exchange goes on.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[Strict]]
+    summary: ClassVar[str] = ""
+    replies: ClassVar[bool] = False
+
+    request: Callable[[Exchange], Reply | None] | None = None
+    response: Callable[[Exchange, Reply | None], Reply | None] | None = None
+    complete: Callable[[Exchange], None] | None = None
+
+    @classmethod
+    def prepare(cls, config: Any, rule: RuleInfo, ctx: LoadContext) -> Any:
+        """Load-time work (read files, compile templates); the result is handed to __init__."""
+        return None
+
+    @classmethod
+    def phase_errors(cls, config: Any, rule: RuleInfo) -> list[tuple[tuple, str]]:
+        """(loc, message) for configurations that cannot run in the rule's phase."""
+        return []
+
+    def __init__(self, config: Any, rule: RuleInfo, prepared: Any, runtime: Any) -> None:
+        self.config = config
+        self.rule = rule
+        self.prepared = prepared
+        self.runtime = runtime
+
+
+ACTIONS: dict[str, type[Action]] = {}
+
+
+def register(cls: type[Action]) -> type[Action]:
+    """Add an action class under its YAML key (a decorator, usable by third-party modules)."""
+    if not getattr(cls, "name", None) or not getattr(cls, "Config", None):
+        raise TypeError(f"{cls.__name__}: an action needs `name` and `Config`")
+    ACTIONS[cls.name] = cls
+    return cls
+
+
+def _load() -> None:
+    for mod in BUILTIN:
+        importlib.import_module(f"decorator.actions.{mod}")
+    # Additions ship as packages declaring an entry point in the "decorator.actions" group that
+    # points at a module; importing it registers its classes, exactly like the built-ins.
+    for ep in entry_points(group="decorator.actions"):
+        try:
+            ep.load()
+        except Exception:  # a broken add-on must not stop the sidecar: log and go on without it
+            log.exception("action plugin %s failed to load", ep.name)
+
+
+def template_values(ex: Exchange, rule: str, status: int) -> dict[str, str]:
+    """The values `{field}` templates may use (see rules.base.TEMPLATE_FIELDS)."""
+    return {
+        "status": str(status), "path": ex.path, "method": ex.method, "request_id": ex.request_id,
+        "rule": rule, "route": ex.route or ex.path,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+_load()

@@ -1,0 +1,140 @@
+"""`respond`: answer instead of the app, with an inline body or a file, status and headers.
+
+Files are read at load (so a missing file is a load error and a reload re-reads them); small
+ones are served from memory, big ones streamed by the tunnel. Imports proxy.hooks, rules.base.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from decorator.actions.registry import Action, LoadContext, RuleInfo, register, template_values
+from decorator.proxy.hooks import Exchange, Reply
+from decorator.rules.base import Strict, Template, TemplateStr, header_safe, html_escape
+
+# Files up to this size are kept in memory and sent as `body`; bigger ones are streamed.
+SMALL_FILE = 64 * 1024
+FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
+
+
+def check_header_names(headers: dict) -> dict:
+    for k in headers:
+        if k.lower() in FRAMING:
+            raise ValueError(f"header {k!r} cannot be set: the proxy frames messages itself")
+    return headers
+
+
+class RespondConfig(Strict):
+    """Answer with this instead of the app's response (before the app is called when the rule's
+    match uses request fields only; on the response head otherwise)."""
+
+    status: int | None = Field(None, ge=100, le=599, description=(
+        "Status to send. Default: the app's status when the rule matches on the response "
+        "(so `match: {status: 404}` keeps 404), 200 when it answers before the app."))
+    body: TemplateStr | None = Field(None, description=(
+        "Inline body; may use {status} {path} {method} {request_id} {rule} {time} {route}."))
+    file: str | None = Field(None, description=(
+        "File to send, relative to the rules file. Read at load and on every reload."))
+    template: bool = Field(False, description="Treat `file` as a template (fields as for `body`).")
+    content_type: str | None = Field(None, description=(
+        "Content-Type. Default: guessed from the file name, text/plain for `body`."))
+    headers: dict[str, TemplateStr] = Field(default_factory=dict, description=(
+        "Extra response headers (values may use template fields)."))
+
+    _headers_ok = field_validator("headers")(check_header_names)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RespondConfig:
+        if self.body is not None and self.file is not None:
+            raise ValueError("give either `body` or `file`, not both")
+        if self.template and self.file is None:
+            raise ValueError("`template: true` applies to `file`; an inline `body` is always a template")
+        return self
+
+
+@dataclass(frozen=True)
+class Prepared:
+    body: Template | bytes | None   # Template for inline/template bodies, bytes for small files
+    path: str | None                # real file streamed by the tunnel (big files)
+    content_type: str
+
+
+@register
+class Respond(Action):
+    name = "respond"
+    Config = RespondConfig
+    summary = "Answer instead of the app: inline body or file, status, headers."
+    replies = True
+
+    @classmethod
+    def prepare(cls, config: RespondConfig, rule: RuleInfo, ctx: LoadContext) -> Prepared | None:
+        if config.file is None:
+            ctype = config.content_type or "text/plain; charset=utf-8"
+            return Prepared(Template(config.body or ""), None, ctype)
+        path = os.path.normpath(os.path.join(rule.base_dir, config.file))
+        data = ctx.read_file(path, ("file",))
+        if data is None:
+            return None
+        ctype = config.content_type or _guess_type(path)
+        if config.template:
+            try:
+                return Prepared(Template(data.decode("utf-8")), None, ctype)
+            except (UnicodeDecodeError, ValueError) as e:
+                ctx.error(("file",), f"{config.file}: {e}")
+                return None
+        if len(data) > SMALL_FILE and ctx.is_real_file(path):
+            return Prepared(None, path, ctype)
+        return Prepared(data, None, ctype)
+
+    def __init__(self, config: RespondConfig, rule: RuleInfo, prepared: Prepared, runtime: Any) -> None:
+        super().__init__(config, rule, prepared, runtime)
+        self._status = config.status
+        self._escape = html_escape if ("html" in prepared.content_type or "xml" in prepared.content_type) \
+            else None
+        self._fixed = [(b"Content-Type", prepared.content_type.encode("latin-1"))]
+        self._templated: list[tuple[bytes, Template]] = []
+        for k, v in config.headers.items():
+            t = Template(v)
+            if t.static:
+                self._fixed.append((k.encode("latin-1"), t.text.encode("latin-1")))
+            else:
+                self._templated.append((k.encode("latin-1"), t))
+        body = prepared.body
+        self._dynamic = isinstance(body, Template) and not body.static
+        self._static_body = body.text.encode() if isinstance(body, Template) and body.static else body
+        if rule.needs_response:
+            self.response = self._respond_response
+        else:
+            self.request = self._respond_request
+
+    def _respond_request(self, ex: Exchange) -> Reply:
+        return self._reply(ex, self._status or 200)
+
+    def _respond_response(self, ex: Exchange, reply: Reply | None) -> Reply:
+        return self._reply(ex, self._status or ex.status or 200)
+
+    def _reply(self, ex: Exchange, status: int) -> Reply:
+        headers = list(self._fixed)
+        if self._dynamic or self._templated:
+            values = template_values(ex, self.rule.name, status)
+            for k, t in self._templated:
+                headers.append((k, header_safe(t.render(values)).encode("latin-1", "replace")))
+            if self._dynamic:
+                return Reply(status, headers, body=self.prepared.body.render(values, self._escape).encode())
+        if self.prepared.path is not None:
+            return Reply(status, headers, file=self.prepared.path)
+        return Reply(status, headers, body=self._static_body or b"")
+
+
+def _guess_type(path: str) -> str:
+    ctype, _ = mimetypes.guess_type(path)
+    if ctype is None:
+        return "application/octet-stream"
+    if ctype.startswith("text/") or ctype in ("application/json", "application/javascript"):
+        return ctype + "; charset=utf-8"
+    return ctype

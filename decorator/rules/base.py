@@ -1,0 +1,125 @@
+"""Shared building blocks of the rules language: the strict model base, durations, safe templates.
+
+Both rules.models and every action's config model build on these, so an action module never
+imports rules.models (which imports the action registry). Must not import proxy, actions or telemetry.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import string
+from collections.abc import Callable, Iterable, Mapping
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class Strict(BaseModel):
+    """Base of every rules model: unknown keys are errors (a typo must never be a silent skip)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False,
+                              validate_default=False)
+
+
+def parse_seconds(value: Any) -> float:
+    """'60s', '500ms', '2m', '1h', 15 -> seconds; ValueError with what was expected otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 60s, 500ms or 2m, found {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"expected a duration of 0 or more, found {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError(f"expected a duration such as 60s, 500ms or 2m, found {value!r}")
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_seconds, json_schema_input_type=(
+        Annotated[float, Field(ge=0)]
+        | Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$")])),
+]
+"""Seconds; written as a number or a string with a unit: 500ms, 60s, 2m, 1h."""
+
+
+def as_list(value: Any) -> Any:
+    """Shorthand: a single item stands for a one-item list."""
+    return value if isinstance(value, list) else [value]
+
+
+# ----------------------------------------------------------------------------------------------
+# Templates: str.format-like `{field}` substitution over a fixed set of names. No attribute or
+# index access, no conversions, no format specs: nothing a rule author writes can run code.
+
+TEMPLATE_FIELDS = ("status", "path", "method", "request_id", "rule", "time", "route")
+
+
+class Template:
+    """A compiled `{field}` template; `render(values)` joins literal parts and field values."""
+
+    __slots__ = ("fields", "parts", "source", "text")
+
+    def __init__(self, source: str, allowed: Iterable[str] = TEMPLATE_FIELDS) -> None:
+        allowed = tuple(allowed)
+        parts: list[tuple[str, str | None]] = []
+        try:
+            parsed = list(string.Formatter().parse(source))
+        except ValueError as e:
+            raise ValueError(f"bad template {source!r}: {e} (write {{{{ and }}}} for literal braces)") from None
+        for literal, name, spec, conv in parsed:
+            if literal:
+                parts.append((literal, None))
+            if name is None:
+                continue
+            if conv or spec or name not in allowed:
+                shown = name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "")
+                raise ValueError(f"unknown template field {{{shown}}}; expected one of "
+                                 + ", ".join("{" + f + "}" for f in allowed)
+                                 + " (write {{ and }} for literal braces)")
+            parts.append(("", name))
+        self.source = source
+        self.parts = tuple(parts)
+        self.fields = frozenset(n for _, n in parts if n)
+        # Formatter.parse already turned {{ and }} into single braces in the literal parts.
+        self.text = "".join(lit for lit, _ in parts)
+
+    @property
+    def static(self) -> bool:
+        return not self.fields
+
+    def render(self, values: Mapping[str, str], escape: Callable[[str], str] | None = None) -> str:
+        if not self.fields:
+            return self.text
+        out = []
+        for lit, name in self.parts:
+            if name is None:
+                out.append(lit)
+            else:
+                v = str(values.get(name, ""))
+                out.append(escape(v) if escape else v)
+        return "".join(out)
+
+
+def check_template(value: str) -> str:
+    Template(value)
+    return value
+
+
+def html_escape(s: str) -> str:
+    return html.escape(s, quote=True)
+
+
+def header_safe(s: str) -> str:
+    """Values put into header fields lose control characters (no header injection via {path})."""
+    return "".join(ch for ch in s if ch >= " " and ch != "\x7f")
+
+
+TemplateStr = Annotated[str, BeforeValidator(lambda v: check_template(v) if isinstance(v, str) else v)]
+"""A string that may hold {status} {path} {method} {request_id} {rule} {time} {route}."""

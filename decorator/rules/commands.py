@@ -1,0 +1,104 @@
+"""`decorator validate | test | explain`: the rule tools behind the CLI. Return exit codes, print results.
+
+Owns output formats only; loading, compiling and simulating live in load/compile/packtest.
+Must not import the tunnel or open sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from decorator.errors import RulesInvalid, UsageError
+from decorator.proxy.hooks import Exchange
+from decorator.rules.compile import PHASES, compile_rules
+from decorator.rules.load import YAML_SUFFIXES, load_rules
+from decorator.rules.packtest import CaptureRuntime, run_paths
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def validate(paths: list[str], fmt: str = "text") -> int:
+    """Print every error as file:line:col: message (or a JSON list); 1 on any error, else 0."""
+    try:
+        rs = load_rules(paths)
+    except RulesInvalid as e:
+        if fmt == "json":
+            print(json.dumps([err.as_dict() for err in e.errors], indent=2))
+        else:
+            for err in e.errors:
+                print(str(err))
+            print(f"invalid: {_plural(len(e.errors), 'error')}", file=sys.stderr)
+        return 1
+    if fmt == "json":
+        print("[]")
+        return 0
+    yaml_files = [f for f in rs.files if f.endswith(YAML_SUFFIXES)]
+    extra = f", {_plural(len(rs.tests), 'test')}" if rs.tests else ""
+    print(f"ok: {_plural(len(rs.rules), 'rule')} in {_plural(len(yaml_files), 'file')}{extra}")
+    return 0
+
+
+def run_tests(paths: list[str]) -> int:
+    """Run the `tests:` cases of the packs/files under `paths` without network; 1 on any failure."""
+    for p in paths:
+        if not os.path.exists(p):
+            raise UsageError(f"no such file or directory: {p}")
+    passed, failed, broken = run_paths(list(paths))
+    summary = f"{passed} passed, {failed} failed"
+    if broken:
+        summary += f", {_plural(broken, 'pack')} with invalid rules"
+    print(summary)
+    if passed + failed + broken == 0:
+        print("no tests found (add `tests:` cases to the rules files)", file=sys.stderr)
+        return 1
+    return 1 if failed or broken else 0
+
+
+def _parse_header(text: str, flag: str) -> tuple[bytes, bytes]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise UsageError(f"{flag}: expected NAME:VALUE, found {text!r}")
+    return name.strip().encode("latin-1"), value.strip().encode("latin-1")
+
+
+def explain(rules_paths: list[str], request: str, status: int | None = None,
+            headers: list[str] | None = None, response_headers: list[str] | None = None) -> int:
+    """Print, for every rule and each phase it acts in, MATCH or every reason it does not."""
+    method, _, target = request.strip().partition(" ")
+    target = target.strip()
+    if not method.isalpha() or not target.startswith("/"):
+        raise UsageError(f'request: expected "METHOD /path", found {request!r}')
+    req_headers = [_parse_header(h, "--header") for h in headers or []]
+    resp_headers = [_parse_header(h, "--response-header") for h in response_headers or []]
+    rs = load_rules(rules_paths)
+    hooks = compile_rules(rs, CaptureRuntime())
+    ex = Exchange(method.upper(), target, "1.1", req_headers, "127.0.0.1", request_id="explain")
+    for cr in hooks.rules:
+        if cr.enabled and cr.path is not None and cr.path.template and cr.path.match(ex.path):
+            ex.route = cr.path.pattern
+            break
+    shown_status = status if status is not None else "none given (rules on the response see no status)"
+    print(f"request: {ex.method} {ex.target}   status: {shown_status}"
+          + (f"   route: {ex.route}" if ex.route else ""))
+    width = max((len(cr.name) for cr in hooks.rules), default=4)
+    matched = 0
+    for cr in hooks.rules:
+        phases = hooks.phases.get(cr.name, {})
+        for phase in PHASES:
+            actions = phases.get(phase)
+            if not actions:
+                continue
+            if phase == "request":
+                ex.status, ex.response_headers = 0, None
+            else:
+                ex.status, ex.response_headers = (status or 0), list(resp_headers)
+            reasons = cr.why_not(ex, phase)
+            verdict = "MATCH" if not reasons else "no: " + "; ".join(reasons)
+            matched += not reasons
+            print(f"{cr.name:<{width}}  {phase:<8}  {','.join(actions):<14}  {verdict}   ({cr.loaded.location})")
+    print(f"{matched} {'match' if matched == 1 else 'matches'}, {_plural(len(hooks.rules), 'rule')}")
+    return 0

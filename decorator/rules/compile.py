@@ -1,0 +1,344 @@
+"""RuleSet -> one `proxy.hooks.Hooks` object: per-phase dispatch tables built once, matched many times.
+
+Owns phase assignment, the status -> method -> path-head dispatch tables, route naming, action
+isolation (a failing action is logged and counted, never fatal) and hit counting.
+Imports only `proxy.hooks` from the proxy; never the tunnel.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jmespath
+
+from decorator.actions.registry import ACTIONS
+from decorator.actions.runtime import Runtime
+from decorator.proxy.hooks import Exchange, Hooks, Reply
+from decorator.rules.load import LoadedRule, RuleSet
+from decorator.rules.match import HeaderCheck, PathIndex, PathPattern, exchange_view, regex_key
+from decorator.rules.models import status_codes
+
+log = logging.getLogger("decorator.rules")
+
+PHASES = ("request", "response", "complete")
+_STATUS_SLOTS = 1000  # statuses are three digits; 0 means "no response" (errors)
+_LOG_EVERY = 60.0  # seconds between two tracebacks for one rule's failing action
+_REPLIED = "rules.replied"  # ex.state key: a request-phase rule answered, skip the response phase
+
+
+class CompiledRule:
+    """One rule's match, compiled: `matches(ex)` runs the cheap checks first; method and status
+    are handled by the dispatch tables and re-checked only by `why_not` (explain)."""
+
+    def __init__(self, loaded: LoadedRule, order: int) -> None:
+        rule = loaded.rule
+        m = rule.match
+        self.loaded = loaded
+        self.name = rule.name
+        self.order = order
+        self.enabled = rule.enabled
+        self.needs_response = loaded.info.needs_response
+        self.methods = frozenset(m.method) if m.method else None
+        self.path = PathPattern(m.path) if m.path is not None else None
+        self.path_regex = re.compile(m.path_regex) if m.path_regex is not None else None
+        # Literal head of the path condition: the dispatch tables bucket rules by it.
+        self.index_key = self.path.key if self.path is not None else (
+            regex_key(m.path_regex) if m.path_regex is not None else None)
+        self.req_headers = tuple(HeaderCheck(k, h.present, h.equals, h.regex) for k, h in (m.headers or {}).items())
+        self.resp_headers = tuple(HeaderCheck(k, h.present, h.equals, h.regex)
+                                  for k, h in (m.response_headers or {}).items())
+        self.status_specs = tuple(m.status) if m.status else None
+        self.statuses = frozenset(c for s in m.status for c in status_codes(s)) if m.status else None
+        self.when = jmespath.compile(m.when) if m.when else None
+        self.when_text = m.when
+        # Method and status are settled by the dispatch tables (Dispatch, _status_table) before a
+        # rule is ever a candidate; `checks` holds the rest, cheapest first.
+        checks: list[Callable[[Exchange], bool]] = []
+        if self.path is not None:
+            pm = self.path.match
+            checks.append(lambda ex: pm(ex.path))
+        if self.path_regex is not None:
+            search = self.path_regex.search
+            checks.append(lambda ex: search(ex.path) is not None)
+        for c in self.req_headers:
+            checks.append(lambda ex, f=c.check: f(ex.request_headers))
+        for c in self.resp_headers:
+            checks.append(lambda ex, f=c.check: f(ex.response_headers))
+        if self.when is not None:
+            expr = self.when
+            checks.append(lambda ex: bool(expr.search(exchange_view(ex))))
+        self.checks = tuple(checks)
+        if not checks:
+            self.matches = _always
+        elif len(checks) == 1:
+            self.matches = checks[0]
+
+    def matches(self, ex: Exchange) -> bool:
+        for c in self.checks:  # noqa: SIM110 - a plain loop: no generator per call on the hot path
+            if not c(ex):
+                return False
+        return True
+
+    def why_not(self, ex: Exchange, phase: str) -> list[str]:
+        """Every condition that does not hold for `ex` (empty: the rule matches)."""
+        out = []
+        if not self.enabled:
+            out.append("disabled (enabled: false)")
+        if self.methods is not None and ex.method not in self.methods:
+            out.append(f"method {ex.method} not in {', '.join(sorted(self.methods))}")
+        if self.path is not None and not self.path.match(ex.path):
+            out.append(f"path {ex.path} does not match {self.path.pattern}")
+        if self.path_regex is not None and not self.path_regex.search(ex.path):
+            out.append(f"path {ex.path} does not match /{self.path_regex.pattern}/")
+        for c in self.req_headers:
+            if not c.check(ex.request_headers):
+                out.append(f"request header {c.describe()} does not hold")
+        if phase != "request":
+            if self.statuses is not None and ex.status not in self.statuses:
+                shown = ex.status if ex.status else "(none)"
+                out.append(f"status {shown} not in {', '.join(self.status_specs)}")
+            for c in self.resp_headers:
+                if not c.check(ex.response_headers):
+                    out.append(f"response header {c.describe()} does not hold")
+        if self.when is not None:
+            got = self.when.search(exchange_view(ex))
+            if not got:
+                out.append(f"when {self.when_text!r} gives {got!r}")
+        return out
+
+
+def _always(ex: Exchange) -> bool:
+    return True
+
+
+class _Entry:
+    """A rule's handlers in one phase."""
+
+    __slots__ = ("count_hit", "editors", "fns", "name", "order", "repliers", "rule")
+
+    def __init__(self, rule: CompiledRule) -> None:
+        self.order = rule.order
+        self.rule = rule
+        self.name = rule.name
+        self.fns: list[tuple[Callable, str]] = []       # request / complete handlers
+        self.repliers: list[tuple[Callable, str]] = []  # response phase: may return a Reply
+        self.editors: list[tuple[Callable, str]] = []   # response phase: edit headers
+        self.count_hit = False
+
+
+class RuleHooks(Hooks):
+    """The compiled rule set as the tunnel's hooks. Phases no rule needs stay None, so the tunnel
+    skips them entirely."""
+
+    def __init__(self, ruleset: RuleSet, runtime: Runtime) -> None:
+        self.ruleset = ruleset
+        self.runtime = runtime
+        self.rules = [CompiledRule(lr, i) for i, lr in enumerate(ruleset.entries)]
+        self.phases: dict[str, dict[str, list[str]]] = {}  # rule -> phase -> action names (explain)
+        self._hits = runtime.counters["rule_hits"]
+        self._errors = runtime.counters["action_errors"]
+        self._trace = runtime.trace
+        self._logged: dict[str, float] = {}
+        req: list[_Entry] = []
+        resp: list[_Entry] = []
+        done: list[_Entry] = []
+        for cr in self.rules:
+            lr = cr.loaded
+            entries = {p: _Entry(cr) for p in PHASES}
+            names: dict[str, list[str]] = {}
+            for name, config in lr.rule.actions():
+                cls = ACTIONS[name]
+                act = cls(config, lr.info, lr.prepared.get(name), runtime)
+                if act.request is not None:
+                    entries["request"].fns.append((act.request, name))
+                    names.setdefault("request", []).append(name)
+                if act.response is not None:
+                    (entries["response"].repliers if cls.replies else entries["response"].editors).append(
+                        (act.response, name))
+                    names.setdefault("response", []).append(name)
+                if act.complete is not None:
+                    entries["complete"].fns.append((act.complete, name))
+                    names.setdefault("complete", []).append(name)
+            self.phases[cr.name] = names
+            if not cr.enabled:
+                continue
+            first = True
+            for phase, bucket in (("request", req), ("response", resp), ("complete", done)):
+                e = entries[phase]
+                if e.fns or e.repliers or e.editors:
+                    e.count_hit = first
+                    first = False
+                    bucket.append(e)
+        live = [cr for cr in self.rules if cr.enabled]
+        routes = PathIndex((c.path.key, c) for c in live if c.path is not None and c.path.template)
+        self._routes = routes.lookup if routes else None
+        self._req = Dispatch(req)
+        self._resp = _status_table(resp)
+        self._resp_editors = _status_table([e for e in resp if e.editors])
+        self._done = _status_table(done)
+        if req or self._routes is not None:
+            self.on_request = self._on_request
+        if resp:
+            self.on_response_head = self._on_response_head
+        if done:
+            self.on_complete = self._on_complete
+
+    # -- the three hooks ----------------------------------------------------------------------
+    def _on_request(self, ex: Exchange) -> Reply | None:
+        path = ex.path
+        if self._routes is not None:
+            for cr in self._routes(path):
+                if cr.path.match(path):
+                    ex.route = cr.path.pattern
+                    break
+        for e in self._req.lookup(ex.method, path):
+            if not e.rule.matches(ex):
+                continue
+            if e.count_hit:
+                self._hits[e.name] = self._hits.get(e.name, 0) + 1
+            for fn, action in e.fns:
+                try:
+                    r = fn(ex)
+                except Exception:  # isolated: _failed logs the traceback and counts
+                    self._failed(e.name, action, "request")
+                    continue
+                if self._trace is not None:
+                    self._trace(e.name, action, "request")
+                if r is not None:
+                    return self._replied(ex, r)
+        return None
+
+    def _replied(self, ex: Exchange, reply: Reply) -> Reply:
+        """A request-phase answer still gets the response-phase header edits (security headers on
+        a maintenance page), matched against the reply; the app's response phase is skipped."""
+        if ex.state is None:
+            ex.state = {}
+        ex.state[_REPLIED] = True
+        ex.status = reply.status
+        ex.response_headers = reply.headers
+        for e in _lookup(self._resp_editors, reply.status, ex.method, ex.path):
+            if e.rule.matches(ex):
+                for fn, action in e.editors:
+                    self._call_response(e, fn, action, ex, reply)
+        return reply
+
+    def _on_response_head(self, ex: Exchange) -> Reply | None:
+        st = ex.state
+        if st is not None and st.get(_REPLIED):
+            return None
+        cands = _lookup(self._resp, ex.status, ex.method, ex.path)
+        if not cands:
+            return None
+        reply = None
+        edits = None
+        for e in cands:
+            if not e.rule.matches(ex):
+                continue
+            if e.count_hit:
+                self._hits[e.name] = self._hits.get(e.name, 0) + 1
+            if reply is None:
+                for fn, action in e.repliers:
+                    reply = self._call_response(e, fn, action, ex, None)
+                    if reply is not None:
+                        break
+            if e.editors:
+                if edits is None:
+                    edits = []
+                edits.append(e)
+        # Header edits go last so they apply to what is actually sent (the app's or the reply).
+        if edits is not None:
+            for e in edits:
+                for fn, action in e.editors:
+                    self._call_response(e, fn, action, ex, reply)
+        return reply
+
+    def _call_response(self, e: _Entry, fn: Callable, action: str, ex: Exchange, reply: Reply | None) -> Any:
+        try:
+            r = fn(ex, reply)
+        except Exception:  # isolated: _failed logs the traceback and counts
+            self._failed(e.name, action, "response")
+            return None
+        if self._trace is not None:
+            self._trace(e.name, action, "response")
+        return r
+
+    def _on_complete(self, ex: Exchange) -> None:
+        for e in _lookup(self._done, ex.status, ex.method, ex.path):
+            if not e.rule.matches(ex):
+                continue
+            if e.count_hit:
+                self._hits[e.name] = self._hits.get(e.name, 0) + 1
+            for fn, action in e.fns:
+                try:
+                    fn(ex)
+                except Exception:  # isolated: _failed logs the traceback and counts
+                    self._failed(e.name, action, "complete")
+                    continue
+                if self._trace is not None:
+                    self._trace(e.name, action, "complete")
+
+    def _failed(self, rule: str, action: str, phase: str) -> None:
+        n = self._errors[rule] = self._errors.get(rule, 0) + 1
+        # A traceback per rule per minute: an action failing on every request must not flood the log.
+        now = time.monotonic()
+        if now - self._logged.get(rule, -_LOG_EVERY) >= _LOG_EVERY:
+            self._logged[rule] = now
+            log.exception("rule %s: action %s failed in the %s phase (%d so far); the exchange goes on",
+                          rule, action, phase, n)
+
+
+class Dispatch:
+    """Entries of one phase by method, then by path head: a request only meets the rules that
+    could match its method and path."""
+
+    __slots__ = ("_by_method", "_other", "empty")
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        methods = set()
+        for e in entries:
+            methods.update(e.rule.methods or ())
+        other = PathIndex((e.rule.index_key, e) for e in entries if e.rule.methods is None)
+        self._other = other.lookup
+        self._by_method = {m: PathIndex((e.rule.index_key, e) for e in entries
+                                        if e.rule.methods is None or m in e.rule.methods).lookup
+                           for m in methods}
+        self.empty = not entries
+
+    def lookup(self, method: str, path: str) -> tuple:
+        return self._by_method.get(method, self._other)(path)
+
+
+def _status_table(entries: list[_Entry]) -> list[Dispatch] | None:
+    """status -> Dispatch of the entries whose status matcher accepts it (shared between
+    statuses with the same set), or None when there are no entries at all."""
+    if not entries:
+        return None
+    by_set: dict[tuple, Dispatch] = {}
+    table = []
+    for s in range(_STATUS_SLOTS):
+        subset = [e for e in entries if e.rule.statuses is None or s in e.rule.statuses]
+        key = tuple(e.order for e in subset)
+        d = by_set.get(key)
+        if d is None:
+            d = by_set[key] = Dispatch(subset)
+        table.append(d)
+    return table
+
+
+_EMPTY: tuple = ()
+
+
+def _lookup(table: list[Dispatch] | None, status: int, method: str, path: str) -> tuple:
+    if table is None:
+        return _EMPTY
+    d = table[status] if 0 <= status < _STATUS_SLOTS else table[0]
+    return _EMPTY if d.empty else d.lookup(method, path)
+
+
+def compile_rules(ruleset: RuleSet, runtime: Runtime) -> RuleHooks:
+    """Build the hooks for `ruleset`; `hooks.ruleset` is the source (a reload compares digests)."""
+    return RuleHooks(ruleset, runtime)

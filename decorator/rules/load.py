@@ -1,0 +1,612 @@
+"""Rules files -> validated RuleSet, or RulesInvalid with every error as file:line:col: message.
+
+Owns YAML reading (ruamel round-trip, positions kept), ${VAR} substitution, vars, include,
+directories and packs, Kubernetes ConfigMap manifests, pydantic error -> location mapping,
+action load-time checks (files) and the digest. Must not import proxy internals or compile.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedBase
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.scalarstring import LiteralScalarString
+
+from decorator.actions.registry import ACTIONS, RuleInfo
+from decorator.errors import Location, RuleError, RulesInvalid
+from decorator.rules.models import Include, Rule, RulesDocument, TestCase, _include_shorthand
+
+YAML_SUFFIXES = (".yaml", ".yml")
+_REF = re.compile(r"\$\$\{|\$\{([^}]*)\}?")
+_REF_INNER = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.DOTALL)
+_INCLUDES = TypeAdapter(list[Include])
+
+
+@dataclass
+class LoadedRule:
+    """A validated rule plus where it came from and what its actions prepared at load."""
+
+    rule: Any
+    location: Location
+    base_dir: str
+    prepared: dict[str, Any]
+    info: RuleInfo
+
+
+@dataclass
+class LoadedTest:
+    case: TestCase
+    location: Location
+    refs: list[tuple[str, Location]] = field(default_factory=list)  # rule names the case expects
+
+
+@dataclass
+class RuleSet:
+    """The outcome of a load: rules in order, every file read, and their digest."""
+
+    entries: list[LoadedRule]
+    files: list[str]
+    digest: str
+    tests: list[LoadedTest] = field(default_factory=list)
+    paths: tuple[str, ...] = ()
+
+    @property
+    def rules(self) -> list:
+        return [e.rule for e in self.entries]
+
+
+def load_rules(paths: Sequence[str] | str, env: Mapping[str, str] | None = None) -> RuleSet:
+    """Load rules files, directories (every *.yaml/*.yml in name order) or ConfigMap manifests.
+
+    Raises RulesInvalid carrying every error found, across all files."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    loader = _Loader(os.environ if env is None else env)
+    for p in paths:
+        loader.load_path(os.fspath(p), {}, (), None)
+    loader.check_test_refs()
+    if loader.errors:
+        raise RulesInvalid(loader.sorted_errors())
+    return RuleSet(loader.entries, list(loader.digests), loader.digest(), loader.tests, tuple(map(str, paths)))
+
+
+def pack_units(path: str) -> list[str]:
+    """What one path stands for when packs are run one by one: a file, a directory with YAML of its
+    own, or (for a directory of packs) each subdirectory holding YAML."""
+    if os.path.isdir(path) and not _yaml_files(path):
+        subs = [os.path.join(path, d) for d in sorted(os.listdir(path))
+                if os.path.isdir(os.path.join(path, d)) and _yaml_files(os.path.join(path, d))]
+        if subs:
+            return subs
+    return [path]
+
+
+def _yaml_files(d: str) -> list[str]:
+    return sorted(os.path.join(d, f) for f in os.listdir(d)
+                  if f.endswith(YAML_SUFFIXES) and not f.startswith(".")
+                  and os.path.isfile(os.path.join(d, f)))
+
+
+class _Source:
+    """Positions in one YAML document: maps a loc (keys/indices) to a Location in the file the user
+    edits (for a ConfigMap entry: shifted by where the block scalar sits in the manifest)."""
+
+    def __init__(self, file: str, root: Any, lines: list[str], line_off: int = 0, col_off: int = 0) -> None:
+        self.file = file
+        self.root = root
+        self.lines = lines
+        self.line_off = line_off
+        self.col_off = col_off
+
+    def at(self, line0: int, col0: int) -> Location:
+        return Location(self.file, self.line_off + line0 + 1, self.col_off + col0 + 1)
+
+    def loc(self, path: Sequence, key: bool = False, parent: bool = False) -> Location:
+        """Location of the value at `path` (or of its key when `key`, or of the mapping that holds it
+        when `parent`). Walks as deep as the data goes; validators may add loc parts the YAML
+        does not have (e.g. a list index for a shorthand scalar): those stop the walk."""
+        node = self.root
+        pos = (node.lc.line, node.lc.col) if isinstance(node, CommentedBase) else (0, 0)
+        steps = list(path[:-1]) if parent else list(path)
+        for i, elem in enumerate(steps):
+            last = i == len(steps) - 1
+            nxt = steps[i + 1] if not last else None
+            if isinstance(node, dict) and elem in node and isinstance(node, CommentedBase):
+                child = node[elem]
+                if (key and last) or nxt == "[key]":
+                    pos = node.lc.key(elem)
+                    break
+                if isinstance(child, CommentedBase) and len(child):
+                    pos = (child.lc.line, child.lc.col)
+                else:
+                    pos = node.lc.value(elem)
+                node = child
+            elif isinstance(node, list) and isinstance(elem, int) and 0 <= elem < len(node) \
+                    and isinstance(node, CommentedBase):
+                pos = node.lc.item(elem)
+                node = node[elem]
+            else:
+                break
+        return self.at(*pos)
+
+    def col_in_scalar(self, loc: Location, text: str, idx: int) -> Location:
+        """Point inside a one-line scalar (at character `idx` of its value) when it is plain or
+        simply quoted; otherwise stay at the scalar's start."""
+        li = loc.line - self.line_off - 1
+        ci = loc.col - self.col_off - 1
+        if 0 <= li < len(self.lines):
+            line = self.lines[li]
+            if line[ci:ci + 1] in ("'", '"') and line[ci + 1:].startswith(text[:idx]):
+                return Location(loc.file, loc.line, loc.col + 1 + idx)
+            if line[ci:].startswith(text[:idx]):
+                return Location(loc.file, loc.line, loc.col + idx)
+        return loc
+
+
+class _ActionCtx:
+    """The LoadContext an action's `prepare` gets: file reads and errors located in its config."""
+
+    def __init__(self, loader: _Loader, src: _Source, base: tuple) -> None:
+        self.loader, self.src, self.base = loader, src, base
+
+    def error(self, loc: tuple, message: str) -> None:
+        self.loader.add(self.src.loc(self.base + tuple(loc)), message)
+
+    def read_file(self, path: str, loc: tuple) -> bytes | None:
+        virtual = self.loader.virtual.get(path)
+        if virtual is not None:
+            return virtual
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            self.error(loc, f"file not found: {path}")
+            return None
+        except IsADirectoryError:
+            self.error(loc, f"expected a file, found a directory: {path}")
+            return None
+        except OSError as e:
+            self.error(loc, f"cannot read {path}: {e.strerror}")
+            return None
+        self.loader.note_file(path, data)
+        return data
+
+    def is_real_file(self, path: str) -> bool:
+        return path not in self.loader.virtual
+
+
+class _Loader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.errors: list[RuleError] = []
+        self.entries: list[LoadedRule] = []
+        self.tests: list[LoadedTest] = []
+        self.digests: dict[str, str] = {}
+        self.virtual: dict[str, bytes] = {}
+        self.names: dict[str, Location] = {}
+        self.unresolved: set[tuple] = set()  # locs (in the current document) of failed ${VAR}s
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def add(self, loc: Location, message: str) -> None:
+        err = RuleError(loc, message)
+        if all(str(e) != str(err) for e in self.errors):
+            self.errors.append(err)
+
+    def check_test_refs(self) -> None:
+        """A test expecting a rule that does not exist would pass or fail for the wrong reason."""
+        for lt in self.tests:
+            for name, loc in lt.refs:
+                if name not in self.names:
+                    close = difflib.get_close_matches(name, list(self.names), n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    self.add(loc, f"test refers to rule {name!r}, which is not in the rule set{hint}")
+
+    def sorted_errors(self) -> list[RuleError]:
+        """Files in the order they were read, each file's errors top to bottom."""
+        order: dict[str, int] = {}
+        for e in self.errors:
+            order.setdefault(e.location.file, len(order))
+        return sorted(self.errors, key=lambda e: (order[e.location.file], e.location.line, e.location.col))
+
+    def note_file(self, path: str, data: bytes) -> None:
+        self.digests[path] = hashlib.sha256(data).hexdigest()
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for path, d in self.digests.items():
+            h.update(path.encode() + b"\0" + d.encode() + b"\n")
+        return h.hexdigest()
+
+    # -- paths --------------------------------------------------------------------------------
+    def load_path(self, path: str, ivars: dict, stack: tuple, at: Location | None) -> None:
+        if os.path.isdir(path):
+            files = _yaml_files(path)
+            if not files:
+                units = pack_units(path)
+                if units == [path]:
+                    self.add(at or Location(path), f"no *.yaml or *.yml files in directory {path}")
+                    return
+                for unit in units:
+                    self.load_path(unit, ivars, stack, at)
+                return
+            for f in files:
+                self.load_file(f, ivars, stack, at)
+        elif os.path.exists(path):
+            self.load_file(path, ivars, stack, at)
+        else:
+            self.add(at or Location(path), f"no such file or directory: {path}")
+
+    def load_file(self, path: str, ivars: dict, stack: tuple, at: Location | None) -> None:
+        real = os.path.realpath(path)
+        if real in stack:
+            chain = " -> ".join(os.path.relpath(p) for p in stack + (real,))
+            self.add(at or Location(path), f"include cycle: {chain}")
+            return
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            self.add(at or Location(path), f"cannot read {path}: {e.strerror}")
+            return
+        self.note_file(path, data)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self.add(Location(path), f"not UTF-8 text (byte {e.start})")
+            return
+        docs = self._parse(text, path, 0, 0)
+        if docs is None:
+            return
+        lines = text.splitlines()
+        if any(isinstance(d, dict) and d.get("kind") == "ConfigMap" for d in docs):
+            self._configmap(path, docs, lines, ivars, stack + (real,))
+            return
+        if len(docs) > 1:
+            second = docs[1]
+            line = second.lc.line if isinstance(second, CommentedBase) else 0
+            self.add(Location(path, line + 1, 1), "expected one YAML document in a rules file; "
+                     "use several files in a directory, or include")
+            return
+        doc = docs[0] if docs else None
+        self._document(doc, _Source(path, doc, lines), os.path.dirname(path), ivars, stack + (real,))
+
+    def _parse(self, text: str, file: str, line_off: int, col_off: int) -> list | None:
+        yaml = YAML(typ="rt")
+        try:
+            return list(yaml.load_all(text))
+        except MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            what = " ".join(x for x in (e.context, e.problem) if x)
+            loc = Location(file, line_off + mark.line + 1, col_off + mark.column + 1) if mark else Location(file)
+            self.add(loc, f"YAML syntax error: {what}".rstrip())
+        except YAMLError as e:
+            self.add(Location(file), f"YAML syntax error: {e}")
+        return None
+
+    def _configmap(self, path: str, docs: list, lines: list[str], ivars: dict, stack: tuple) -> None:
+        base = os.path.dirname(path)
+        found = False
+        for doc in docs:
+            if not (isinstance(doc, dict) and doc.get("kind") == "ConfigMap"):
+                continue
+            data = doc.get("data") or {}
+            if not isinstance(data, dict):
+                continue
+            # Non-YAML entries are the files a mounted ConfigMap puts next to the rules (pages).
+            for k, v in data.items():
+                if isinstance(v, str) and not str(k).endswith(YAML_SUFFIXES):
+                    self.virtual[os.path.normpath(os.path.join(base, str(k)))] = v.encode()
+            for k, v in data.items():
+                if not str(k).endswith(YAML_SUFFIXES):
+                    continue
+                found = True
+                vl, vc = data.lc.value(k)
+                if not isinstance(v, str):
+                    self.add(Location(path, vl + 1, vc + 1), f"data entry {k!r} must be a string "
+                             "(a block scalar: `|`) holding a rules document")
+                    continue
+                if isinstance(v, LiteralScalarString):
+                    line_off = vl + 1
+                    col_off = next((len(ln) - len(ln.lstrip(" ")) for ln in lines[line_off:] if ln.strip()), 0)
+                else:  # quoted or folded: positions inside cannot be mapped line by line
+                    line_off, col_off = vl, vc
+                sub = self._parse(str(v), path, line_off, col_off)
+                if sub is None:
+                    continue
+                if len(sub) > 1:
+                    self.add(Location(path, vl + 1, vc + 1), f"data entry {k!r} holds several YAML documents")
+                    continue
+                doc_k = sub[0] if sub else None
+                self._document(doc_k, _Source(path, doc_k, str(v).splitlines(), line_off, col_off), base,
+                               ivars, stack)
+        if not found:
+            self.add(Location(path), "ConfigMap has no data entry ending in .yaml or .yml")
+
+    # -- one document -------------------------------------------------------------------------
+    def _document(self, doc: Any, src: _Source, base_dir: str, ivars: dict, stack: tuple) -> None:
+        if doc is None:
+            return
+        if not isinstance(doc, dict):
+            self.add(src.loc(()), f"expected a mapping with a `rules:` list, found {_show(doc)}")
+            return
+        own = {}
+        self.unresolved = set()
+        raw_vars = doc.get("vars")
+        if isinstance(raw_vars, dict):
+            self._substitute(doc, ("vars",), src, {})
+            own = {k: v for k, v in raw_vars.items() if isinstance(v, (str, int, float, bool))}
+        lookup = {**own, **ivars}
+        for k in list(doc.keys()):
+            if k != "vars":
+                self._substitute(doc, (k,), src, lookup)
+        try:
+            model = RulesDocument.model_validate(doc)
+        except ValidationError as e:
+            errs = e.errors()
+            # A typo gives both "unknown key 'valu'" and "missing required key 'value'": the first
+            # (with its suggestion) says it all.
+            typos = {(tuple(x["loc"][:-1]), m) for x in errs if x["type"] == "extra_forbidden"
+                     for m in difflib.get_close_matches(str(x["loc"][-1]), _allowed_keys(x["loc"][:-1]),
+                                                        n=1, cutoff=0.6)}
+            for err in errs:
+                if err["type"] == "missing" and (tuple(err["loc"][:-1]), err["loc"][-1]) in typos:
+                    continue
+                self._pydantic_error(err, src)
+            # The document is invalid, but its includes may still be loadable: report their errors too.
+            try:
+                raw = doc.get("include") or []
+                includes = _INCLUDES.validate_python([_include_shorthand(i) for i in raw]) \
+                    if isinstance(raw, list) else []
+            except ValidationError:
+                includes = []
+            self._includes(includes, src, base_dir, stack)
+            # Rules that are valid on their own still get their load-time checks (files, names),
+            # so one run reports everything.
+            raw_rules = doc.get("rules")
+            for i, item in enumerate(raw_rules if isinstance(raw_rules, list) else []):
+                try:
+                    rule = Rule.model_validate(item)
+                except ValidationError:
+                    continue
+                self._rule(rule, i, src, base_dir)
+            return
+        self._includes(model.include, src, base_dir, stack)
+        for i, rule in enumerate(model.rules):
+            self._rule(rule, i, src, base_dir)
+        for i, case in enumerate(model.tests):
+            ex = case.expect
+            refs = [(name, src.loc(("tests", i, "expect", key, j)))
+                    for key, names in (("fired", ex.fired), ("not_fired", ex.not_fired),
+                                       ("notify", ex.notify or []), ("record", ex.record or []))
+                    for j, name in enumerate(names)]
+            self.tests.append(LoadedTest(case, src.loc(("tests", i)), refs))
+
+    def _includes(self, includes: list, src: _Source, base_dir: str, stack: tuple) -> None:
+        for i, inc in enumerate(includes):
+            at = src.loc(("include", i))
+            target = os.path.normpath(os.path.join(base_dir, inc.path))
+            ivars = dict(inc.vars)
+            if os.path.isdir(target):
+                files = _yaml_files(target)
+                if not files:
+                    self.add(at, f"include: no *.yaml or *.yml files in directory {target}")
+                for f in files:
+                    self.load_file(f, ivars, stack, at)
+            elif os.path.exists(target):
+                self.load_file(target, ivars, stack, at)
+            else:
+                self.add(at, f"include: no such file or directory: {target}")
+
+    def _rule(self, rule: Any, i: int, src: _Source, base_dir: str) -> None:
+        here = ("rules", i)
+        name_loc = src.loc(here + ("name",))
+        first = self.names.get(rule.name)
+        if first is not None:
+            self.add(name_loc, f"duplicate rule name {rule.name!r} (first defined at {first}); names must "
+                     "be unique across the rule set")
+            return
+        self.names[rule.name] = name_loc
+        info = RuleInfo(name=rule.name, needs_response=rule.match.needs_response(), base_dir=base_dir)
+        prepared: dict[str, Any] = {}
+        before = len(self.errors)
+        for name, config in rule.actions():
+            cls = ACTIONS[name]
+            ctx = _ActionCtx(self, src, here + (name,))
+            for loc, message in cls.phase_errors(config, info):
+                ctx.error(loc, message)
+            prepared[name] = cls.prepare(config, info, ctx)
+        if len(self.errors) == before:
+            self.entries.append(LoadedRule(rule, src.loc(here), base_dir, prepared, info))
+
+    # -- ${VAR} -------------------------------------------------------------------------------
+    def _substitute(self, parent: Any, path: tuple, src: _Source, lookup: Mapping) -> None:
+        """Replace ${NAME} / ${NAME:-default} in every string value under parent[path[-1]] (in place)."""
+        stack = [(parent, path[-1], path)]
+        while stack:
+            node, k, p = stack.pop()
+            value = node[k]
+            if isinstance(value, dict):
+                stack.extend((value, kk, p + (kk,)) for kk in value)
+            elif isinstance(value, list):
+                stack.extend((value, j, p + (j,)) for j in range(len(value)))
+            elif isinstance(value, str) and "$" in value:
+                new = self._expand(value, p, src, lookup)
+                if new is not value:
+                    node[k] = new
+
+    def _expand(self, text: str, path: tuple, src: _Source, lookup: Mapping) -> Any:
+        out = []
+        pos = 0
+        whole = None
+        for m in _REF.finditer(text):
+            out.append(text[pos:m.start()])
+            pos = m.end()
+            if m.group(0) == "$${":
+                out.append("${")
+                continue
+            if not m.group(0).endswith("}"):
+                self.add(src.col_in_scalar(src.loc(path), text, m.start()),
+                         f"unterminated ${{ in {text!r}; write ${{NAME}} or ${{NAME:-default}} ($${{ for a literal ${{)")
+                self.unresolved.add(path)
+                return text
+            inner = _REF_INNER.match(m.group(1))
+            if not inner:
+                self.add(src.col_in_scalar(src.loc(path), text, m.start()),
+                         f"bad variable reference {m.group(0)!r}; expected ${{NAME}} or ${{NAME:-default}}")
+                self.unresolved.add(path)
+                return text
+            name, default = inner.group(1), inner.group(2)
+            if name in lookup:
+                val = lookup[name]
+            elif name in self.env:
+                val = self.env[name]
+            elif default is not None:
+                val = default
+            else:
+                self.add(src.col_in_scalar(src.loc(path), text, m.start()),
+                         f"variable {name} is not set (not in vars, not in the environment) and has no "
+                         f"default; set it or write ${{{name}:-default}}")
+                self.unresolved.add(path)
+                return text
+            if m.start() == 0 and m.end() == len(text):
+                whole = val  # a lone reference keeps the type a vars entry gave it (true, 503)
+            out.append(_scalar_text(val))
+        if whole is not None:
+            return whole
+        out.append(text[pos:])
+        return "".join(out)
+
+    # -- pydantic errors -> located messages ----------------------------------------------------
+    def _pydantic_error(self, err: dict, src: _Source) -> None:
+        loc = tuple(err["loc"])
+        kind = err["type"]
+        where = _dotted(loc)
+        if kind == "extra_forbidden":
+            key = loc[-1]
+            allowed = _allowed_keys(loc[:-1])
+            msg = f"unknown key {key!r}"
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            if close:
+                msg += f" (did you mean {close[0]!r}?)"
+            if allowed:
+                msg += f"; expected one of: {', '.join(allowed)}"
+            parent = _dotted(loc[:-1])
+            self.add(src.loc(loc, key=True), f"{parent}: {msg}" if parent else msg)
+            return
+        if kind == "missing":
+            self.add(src.loc(loc, parent=True), f"{_dotted(loc[:-1]) or 'document'}: missing required key "
+                     f"{loc[-1]!r}")
+            return
+        if any(loc[:len(p)] == p for p in self.unresolved):
+            return  # the ${VAR} in this value was already reported; its raw text is no news
+        message = _describe(err)
+        at = src.loc(loc)
+        if loc and loc[-1] == "[key]":
+            where = _dotted(loc[:-1])
+            message = f"bad key: {message}"
+        pos = getattr((err.get("ctx") or {}).get("error"), "pos", None)
+        if isinstance(pos, int) and isinstance(err.get("input"), str):
+            at = src.col_in_scalar(at, err["input"], pos)
+        self.add(at, f"{where}: {message}" if where else message)
+
+
+def _scalar_text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _dotted(loc: Sequence) -> str:
+    out = ""
+    for e in loc:
+        if e == "[key]":
+            continue
+        out += f"[{e}]" if isinstance(e, int) else (f".{e}" if out else str(e))
+    return out
+
+
+_EXPECTED = {
+    "int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
+    "float_type": "a number", "float_parsing": "a number", "string_type": "a string",
+    "bool_type": "true or false", "bool_parsing": "true or false", "dict_type": "a mapping",
+    "model_type": "a mapping", "model_attributes_type": "a mapping", "list_type": "a list",
+}
+
+
+def _describe(err: dict) -> str:
+    kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
+    found = _show(err.get("input"))
+    if kind in ("value_error", "assertion_error"):
+        return re.sub(r"^(Value error|Assertion failed), ", "", msg)
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, found {found}"
+    if kind == "string_pattern_mismatch":
+        return f"expected a string matching {ctx.get('pattern')}, found {found}"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        op = {"greater_than_equal": ">=", "less_than_equal": "<=", "greater_than": ">", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()), "?")
+        return f"expected a number {op} {bound}, found {found}"
+    if kind in ("too_short", "too_long", "string_too_short", "string_too_long"):
+        return f"{msg[0].lower()}{msg[1:]}; found {found}"
+    return f"{msg[0].lower()}{msg[1:]}; found {found}"
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, list):
+        return "a list"
+    if v is None:
+        return "nothing (null)"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        s = str(v)
+        return repr(s if len(s) <= 60 else s[:57] + "...")
+    return str(v)
+
+
+def _allowed_keys(loc: Sequence) -> list[str]:
+    """Keys the model at `loc` accepts (for 'did you mean' and 'expected one of')."""
+    types: list = [RulesDocument]
+    for elem in loc:
+        nxt: list = []
+        for tp in types:
+            for t in _unwrap(tp):
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    f = t.model_fields.get(elem) if isinstance(elem, str) else None
+                    if f is not None:
+                        nxt.append(f.annotation)
+                elif typing.get_origin(t) is list and isinstance(elem, int):
+                    nxt.extend(typing.get_args(t)[:1])
+                elif typing.get_origin(t) is dict and isinstance(elem, str):
+                    nxt.extend(typing.get_args(t)[1:2])
+        types = nxt
+    keys: list[str] = []
+    for tp in types:
+        for t in _unwrap(tp):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                keys.extend(k for k in t.model_fields if k not in keys)
+    return keys
+
+
+def _unwrap(tp: Any) -> list:
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin is typing.Union or type(tp).__name__ == "UnionType":
+        out = []
+        for a in typing.get_args(tp):
+            out.extend(_unwrap(a))
+        return out
+    return [tp]

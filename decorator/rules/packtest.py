@@ -1,0 +1,185 @@
+"""Pack tests without a network: drive compiled hooks with a synthetic Exchange and a fake app.
+
+Owns the simulated exchange lifecycle (the tunnel's order of hook calls), the capturing runtime
+and the checks of `expect:`. Imports proxy.hooks only from the proxy; never sockets or httpx.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from decorator.actions.runtime import NotifyTarget, Runtime
+from decorator.errors import RulesInvalid
+from decorator.proxy.hooks import Exchange, Hooks, Reply
+from decorator.rules.compile import compile_rules
+from decorator.rules.load import LoadedTest, load_rules, pack_units
+from decorator.rules.models import Expect, FakeUpstream, TestCase
+
+
+class CaptureRuntime(Runtime):
+    """A Runtime that keeps notify events instead of sending them and traces every action run."""
+
+    def __init__(self, pod: str = "test") -> None:
+        super().__init__(recorder=None, pod=pod)
+        self.events: list[tuple[str, dict, NotifyTarget]] = []
+        self.fired: list[tuple[str, str, str]] = []
+        self.trace = lambda rule, action, phase: self.fired.append((rule, action, phase))
+
+    def submit(self, rule: str, event: dict, target: NotifyTarget) -> bool:
+        self.events.append((rule, event, target))
+        return True
+
+
+@dataclass
+class Outcome:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    replaced: bool
+    upstream_headers: list[tuple[bytes, bytes]] | None
+    route: str | None
+    exchange: Exchange = field(repr=False)
+
+
+_seq = 0
+
+
+def simulate(hooks: Hooks | None, method: str, target: str, headers: list[tuple[bytes, bytes]],
+             upstream: FakeUpstream | None = None) -> Outcome:
+    """One exchange through `hooks` in the tunnel's order: on_request, (fake app), on_response_head,
+    on_complete."""
+    global _seq
+    _seq += 1
+    upstream = upstream or FakeUpstream()
+    ex = Exchange(method, target, "1.1", list(headers), "127.0.0.1", request_id=f"test-{_seq}")
+    reply: Reply | None = None
+    seen_by_app = None
+    if hooks is not None and hooks.on_request is not None:
+        reply = hooks.on_request(ex)
+    if reply is None:
+        seen_by_app = list(ex.request_headers)
+        ex.status = upstream.status
+        ex.response_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers.items()]
+        ex.t_response = time.monotonic()
+        if hooks is not None and hooks.on_response_head is not None:
+            reply = hooks.on_response_head(ex)
+    if reply is not None:
+        ex.replaced = True
+        ex.status = reply.status
+        ex.response_headers = reply.headers
+        if reply.file is not None:
+            with open(reply.file, "rb") as f:
+                body = f.read()
+        else:
+            body = reply.body
+    else:
+        body = upstream.body.encode()
+    if method == "HEAD" or ex.status in (204, 304) or ex.status < 200:
+        body = b""  # as on the wire: no body whatever the reply or the app had
+    ex.t_response = ex.t_response or time.monotonic()
+    ex.bytes_out = len(body)
+    ex.t_end = time.monotonic()
+    if hooks is not None and hooks.on_complete is not None:
+        hooks.on_complete(ex)
+    return Outcome(ex.status, list(ex.response_headers or []), body, ex.replaced, seen_by_app, ex.route, ex)
+
+
+def _header(headers: list[tuple[bytes, bytes]] | None, name: str) -> str | None:
+    low = name.lower().encode("latin-1")
+    for k, v in headers or ():
+        if k.lower() == low:
+            return v.decode("latin-1")
+    return None
+
+
+def check(expect: Expect, out: Outcome, runtime: CaptureRuntime) -> list[str]:
+    """Every way `out` differs from `expect` (empty: the case passes)."""
+    problems = []
+    if expect.status is not None and out.status != expect.status:
+        problems.append(f"status: expected {expect.status}, got {out.status}")
+    for name, want in expect.headers.items():
+        got = _header(out.headers, name)
+        if want != got:
+            problems.append(f"header {name}: expected {'absent' if want is None else repr(want)}, "
+                            f"got {'absent' if got is None else repr(got)}")
+    for name, want in expect.upstream_headers.items():
+        got = _header(out.upstream_headers, name) if out.upstream_headers is not None else None
+        if out.upstream_headers is None:
+            problems.append(f"upstream header {name}: the app was never called (a rule answered)")
+        elif want != got:
+            problems.append(f"upstream header {name}: expected {'absent' if want is None else repr(want)}, "
+                            f"got {'absent' if got is None else repr(got)}")
+    text = out.body.decode("utf-8", "replace")
+    if expect.body is not None and text != expect.body:
+        problems.append(f"body: expected {_short(expect.body)}, got {_short(text)}")
+    if expect.body_contains is not None and expect.body_contains not in text:
+        problems.append(f"body: expected it to contain {_short(expect.body_contains)}, got {_short(text)}")
+    if expect.route is not None and out.route != expect.route:
+        problems.append(f"route: expected {expect.route!r}, got {out.route!r}")
+    fired = {r for r, _, _ in runtime.fired}
+    for r in expect.fired:
+        if r not in fired:
+            problems.append(f"rule {r}: expected it to fire, it did not")
+    for r in expect.not_fired:
+        if r in fired:
+            problems.append(f"rule {r}: expected it not to fire, it did")
+    if expect.notify is not None:
+        got_n = sorted({r for r, _, _ in runtime.events})
+        if got_n != sorted(set(expect.notify)):
+            problems.append(f"notify: expected events from {sorted(set(expect.notify))}, got {got_n}")
+    if expect.record is not None:
+        got_r = sorted({r for r, a, _ in runtime.fired if a == "record"})
+        if got_r != sorted(set(expect.record)):
+            problems.append(f"record: expected {sorted(set(expect.record))}, got {got_r}")
+    return problems
+
+
+def _short(s: str) -> str:
+    return repr(s if len(s) <= 80 else s[:77] + "...")
+
+
+def run_case(paths: list[str], lt: LoadedTest, base_rules, env: Mapping[str, str] | None = None) -> list[str]:
+    """Run one case against the rule set it came with (reloaded with the case's env when it has one)."""
+    case: TestCase = lt.case
+    rules = base_rules
+    if case.env:
+        try:
+            rules = load_rules(paths, env={**(os.environ if env is None else env), **case.env})
+        except RulesInvalid as e:
+            return [f"rules invalid with this case's env: {err}" for err in e.errors]
+    runtime = CaptureRuntime()
+    hooks = compile_rules(rules, runtime)
+    req = case.request
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in req.headers.items()]
+    out = None
+    for _ in range(case.repeat):
+        out = simulate(hooks, req.method, req.path, headers, case.upstream)
+    return check(case.expect, out, runtime)
+
+
+def run_paths(paths: list[str], out=print) -> tuple[int, int, int]:
+    """Run the tests of every pack/file under `paths`; returns (passed, failed, broken packs)."""
+    passed = failed = broken = 0
+    for p in paths:
+        for unit in pack_units(p):
+            try:
+                rules = load_rules([unit])
+            except RulesInvalid as e:
+                broken += 1
+                for err in e.errors:
+                    out(f"ERROR {err}")
+                continue
+            for lt in rules.tests:
+                problems = run_case([unit], lt, rules)
+                if problems:
+                    failed += 1
+                    out(f"FAIL {lt.location}: {lt.case.name}")
+                    for pr in problems:
+                        out(f"     {pr}")
+                else:
+                    passed += 1
+                    out(f"ok   {lt.location}: {lt.case.name}")
+    return passed, failed, broken
