@@ -7,7 +7,7 @@ Must not import rules, actions, telemetry or pydantic: the proxy knows nothing o
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 # Header lists are kept as on the wire: (name as sent, value), in order, duplicates kept.
 Headers = list[tuple[bytes, bytes]]
@@ -43,9 +43,28 @@ class Exchange:
     """
 
     __slots__ = (
-        "method", "target", "path", "query", "version", "request_headers", "client", "scheme",
-        "request_id", "status", "reason", "response_headers", "replaced", "bytes_in", "bytes_out",
-        "t_start", "t_response", "t_end", "error", "route", "state", "upgraded",
+        "bytes_in",
+        "bytes_out",
+        "client",
+        "error",
+        "method",
+        "path",
+        "query",
+        "reason",
+        "replaced",
+        "request_headers",
+        "request_id",
+        "response_headers",
+        "route",
+        "scheme",
+        "state",
+        "status",
+        "t_end",
+        "t_response",
+        "t_start",
+        "target",
+        "upgraded",
+        "version",
     )
 
     def __init__(self, method: str, target: str, version: str, request_headers: Headers,
@@ -104,7 +123,7 @@ class Reply:
     headers (Content-Length/Transfer-Encoding/Connection): the tunnel frames the reply itself.
     """
 
-    __slots__ = ("status", "reason", "headers", "body", "file")
+    __slots__ = ("body", "file", "headers", "reason", "status")
 
     def __init__(self, status: int, headers: Headers | None = None, body: bytes = b"",
                  file: str | None = None, reason: str = "") -> None:

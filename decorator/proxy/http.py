@@ -65,8 +65,18 @@ class RequestFraming:
     request), values stripped of trailing whitespace.
     """
 
-    __slots__ = ("chunked", "content_length", "keep_alive", "expect_continue", "upgrade", "headers", "host",
-                 "request_id", "has_xff", "has_xfp")
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "has_xff",
+        "has_xfp",
+        "headers",
+        "host",
+        "keep_alive",
+        "request_id",
+        "upgrade",
+    )
 
     def __init__(self) -> None:
         self.chunked = False
@@ -92,7 +102,7 @@ def check_request(method: bytes, version: str, raw_headers: list[tuple[bytes, by
     before the colon, bare CR/LF and bad chunk sizes; this adds what it accepts but we must not.
     """
     if version != "1.1" and version != "1.0":
-        if version.startswith("2") or version.startswith("3"):
+        if version.startswith(("2", "3")):
             raise FramingError(505, f"HTTP/{version} is not supported on this port; use HTTP/1.1")
         raise FramingError(400, f"unsupported HTTP version {version!r}")
     if method == b"CONNECT":
@@ -165,7 +175,7 @@ def check_request(method: bytes, version: str, raw_headers: list[tuple[bytes, by
 class ResponseFraming:
     """What the app's response head says: body framing and the headers to pass to the client."""
 
-    __slots__ = ("chunked", "content_length", "keep_alive", "headers", "upgrade")
+    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "upgrade")
 
     def __init__(self) -> None:
         self.chunked = False
@@ -175,43 +185,34 @@ class ResponseFraming:
         self.upgrade = False
 
 
-# Lengths of the header names check_response must look at; others are passed on without lower().
-_RESPONSE_SPECIAL_LENGTHS = frozenset(len(n) for n in HOP_BY_HOP | {b"content-length"})
+def check_response(version: str, status: int, headers: list[tuple[bytes, bytes]],
+                   hop: list[tuple[bytes, bytes]], content_length: int) -> ResponseFraming:
+    """Framing of the app's response from its hop-by-hop fields (split off while parsing).
 
-
-def check_response(version: str, raw_headers: list[tuple[bytes, bytes]], status: int) -> ResponseFraming:
+    `headers` are the fields to pass on (already without hop-by-hop ones), `hop` the
+    (lower-cased name, value) pairs of Connection, Transfer-Encoding, Upgrade, Keep-Alive...
+    """
     f = ResponseFraming()
+    f.headers = headers
+    f.content_length = content_length
     conn_tokens: frozenset[bytes] = frozenset()
-    out = f.headers
     upgrade_value = None
-    special = _RESPONSE_SPECIAL_LENGTHS
-    for name, value in raw_headers:
-        if value and value[-1] in (32, 9):
-            value = value.rstrip(_OWS)
-        if len(name) not in special:
-            out.append((name, value))
-            continue
-        low = name.lower()
-        if low in HOP_BY_HOP:
-            if low == b"connection":
-                conn_tokens |= connection_tokens(value)
-            elif low == b"transfer-encoding":
-                if value.lower() != b"chunked":
-                    # We re-frame the body; a coding we do not decode cannot be passed on safely.
-                    raise FramingError(502, "the app used a transfer-coding other than chunked")
-                f.chunked = True
-            elif low == b"upgrade":
-                upgrade_value = value
-            continue
-        if low == b"content-length":
-            f.content_length = int(value)
-        out.append((name, value))
+    for low, value in hop:
+        if low == b"connection":
+            conn_tokens |= connection_tokens(value)
+        elif low == b"transfer-encoding":
+            if value.lower() != b"chunked":
+                # We re-frame the body; a coding we do not decode cannot be passed on safely.
+                raise FramingError(502, "the app used a transfer-coding other than chunked")
+            f.chunked = True
+        elif low == b"upgrade":
+            upgrade_value = value
     if conn_tokens:
         if b"close" in conn_tokens:
             f.keep_alive = False
         named = conn_tokens - _CONNECTION_OPTIONS
         if named:
-            f.headers = [(n, v) for n, v in out if n.lower() not in named]
+            f.headers = [(n, v) for n, v in headers if n.lower() not in named]
     if version != "1.1" and b"keep-alive" not in conn_tokens:
         f.keep_alive = False
     if status == 101 and upgrade_value is not None:

@@ -47,10 +47,32 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE
 class _Flow(Exchange):
     """An Exchange plus the tunnel's own bookkeeping for it."""
 
-    __slots__ = ("framing", "hooks", "bmethod", "burl", "up", "body_buf", "buffered", "body_done",
-                 "forwarding", "t_sent", "t_last_up", "resp", "out_chunked", "close_after",
-                 "discarding", "discarded", "reply_done", "head_sent", "reject", "upgrade_buf",
-                 "retried", "up_head", "connect_task", "done")
+    __slots__ = (
+        "bmethod",
+        "body_buf",
+        "body_done",
+        "buffered",
+        "burl",
+        "close_after",
+        "connect_task",
+        "discarded",
+        "discarding",
+        "done",
+        "forwarding",
+        "framing",
+        "head_sent",
+        "hooks",
+        "out_chunked",
+        "reject",
+        "reply_done",
+        "resp",
+        "retried",
+        "t_last_up",
+        "t_sent",
+        "up",
+        "up_head",
+        "upgrade_buf",
+    )
 
     def __init__(self, method: bytes, url: bytes, version: str, framing: http.RequestFraming | None,
                  client: str, request_id: str) -> None:
@@ -138,7 +160,7 @@ class ProxyServer:
                 conn.check_timeouts(now)
             self.pool.sweep(now)
 
-    def _connection_closed(self, conn: "ClientConnection") -> None:
+    def _connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
         if not self.connections:
             self._idle.set()
@@ -158,7 +180,7 @@ class ProxyServer:
             self._idle.clear()
             try:
                 await asyncio.wait_for(self._idle.wait(), drain_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 clean = False
                 log.warning("drain timeout (%.1fs): closing %d connection(s) with exchanges in flight",
                             drain_timeout, len(self.connections))
@@ -170,7 +192,7 @@ class ProxyServer:
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return clean
 
@@ -178,10 +200,14 @@ class ProxyServer:
         try:
             return fn(flow)
         except Exception:
-            self.stats["hook_errors"] += 1
-            log.exception("hook %s failed for %s %s (request %s); continuing without it",
-                          getattr(fn, "__qualname__", fn), flow.method, flow.target, flow.request_id)
+            self.hook_failed(fn, flow)
             return None
+
+    def hook_failed(self, fn, flow: Exchange) -> None:
+        """A hook raised: log it with its traceback, count it; the exchange goes on without it."""
+        self.stats["hook_errors"] += 1
+        log.exception("hook %s failed for %s %s (request %s); continuing without it",
+                      getattr(fn, "__qualname__", fn), flow.method, flow.target, flow.request_id)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -253,9 +279,9 @@ class ClientConnection(asyncio.Protocol):
             return False
         if self.upgraded:
             flow = self.active
-            if flow is not None and flow.up is not None and flow.up.transport is not None:
-                if flow.up.transport.can_write_eof():
-                    flow.up.transport.write_eof()
+            up = flow.up.transport if flow is not None and flow.up is not None else None
+            if up is not None and up.can_write_eof():
+                up.write_eof()
             return True
         if self.active is None and not self.queue:
             self.transport.close()  # type: ignore[union-attr]
@@ -305,9 +331,7 @@ class ClientConnection(asyncio.Protocol):
             self._pause(_P_UPGRADE)
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
-            if isinstance(cause, _Reject):
-                self._reject(cause.status, cause.message)
-            elif isinstance(cause, http.FramingError):
+            if isinstance(cause, (_Reject, http.FramingError)):
                 self._reject(cause.status, cause.message)
             else:
                 raise
@@ -359,7 +383,7 @@ class ClientConnection(asyncio.Protocol):
             url = _origin_form(url, method)
         rid = framing.request_id
         flow = _Flow(method, url, version, framing, self.client,
-                     rid.decode("latin-1") if rid else "%032x" % _getrandbits(128))
+                     rid.decode("latin-1") if rid else f"{_getrandbits(128):032x}")
         if not framing.keep_alive:
             flow.close_after = True
         if not framing.has_body:
@@ -414,7 +438,11 @@ class ClientConnection(asyncio.Protocol):
             flow.hooks = hooks
             if hooks is not None and hooks.on_request is not None:
                 before = list(flow.request_headers)
-                reply = srv.call_hook(hooks.on_request, flow)
+                try:
+                    reply = hooks.on_request(flow)
+                except Exception:
+                    srv.hook_failed(hooks.on_request, flow)
+                    reply = None
                 if reply is not None:
                     self._send_reply(flow, reply)
                     continue
@@ -460,6 +488,13 @@ class ClientConnection(asyncio.Protocol):
             if not self.closed and flow is self.active:
                 self._send_error(flow, 502, str(e))
             return
+        except Exception:  # a bug: keep its traceback, but never leave the client hanging
+            flow.connect_task = None
+            log.exception("connecting to the app failed unexpectedly (request %s)", flow.request_id)
+            flow.error = "internal"
+            if not self.closed and flow is self.active:
+                self._send_error(flow, 502, "internal error while connecting to the app")
+            return
         flow.connect_task = None
         if self.closed or flow is not self.active or flow.done:
             self.server.pool.release(conn)
@@ -489,7 +524,7 @@ class ClientConnection(asyncio.Protocol):
 
     # ---- events from the upstream connection (UpstreamConnection calls these)
     def up_headers(self, conn: UpstreamConnection, status: int, version: str,
-                   headers: list[tuple[bytes, bytes]]) -> None:
+                   headers: list[tuple[bytes, bytes]], hop: list[tuple[bytes, bytes]], cl: int) -> None:
         flow = self.active
         if flow is None or flow.up is not conn:
             return
@@ -497,11 +532,10 @@ class ClientConnection(asyncio.Protocol):
         if status < 200 and status != 101:
             # Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they are.
             if flow.version == "1.1" and not flow.discarding:
-                self.out.append(http.status_line(status) + http.serialize_headers(
-                    [(k, v) for k, v in headers if k.lower() not in http.HOP_BY_HOP]) + b"\r\n")
+                self.out.append(http.status_line(status) + http.serialize_headers(headers) + b"\r\n")
             return
         try:
-            rf = http.check_response(version, headers, status)
+            rf = http.check_response(version, status, headers, hop, cl)
         except http.FramingError as e:
             self.up_failed(e.message)
             return
@@ -514,7 +548,11 @@ class ClientConnection(asyncio.Protocol):
         hooks = flow.hooks
         if hooks is not None and hooks.on_response_head is not None:
             before = list(rf.headers)
-            reply = self.server.call_hook(hooks.on_response_head, flow)
+            try:
+                reply = hooks.on_response_head(flow)
+            except Exception:
+                self.server.hook_failed(hooks.on_response_head, flow)
+                reply = None
             if reply is not None:
                 flow.discarding = True
                 self._send_reply(flow, reply)
@@ -801,7 +839,10 @@ class ClientConnection(asyncio.Protocol):
             self._flush()
         hooks = flow.hooks
         if hooks is not None and hooks.on_complete is not None:
-            srv.call_hook(hooks.on_complete, flow)
+            try:
+                hooks.on_complete(flow)
+            except Exception:
+                srv.hook_failed(hooks.on_complete, flow)
         if srv.access_log:
             access_log.info('%s "%s %s HTTP/%s" %d %d %.1fms rid=%s%s', flow.client, flow.method, flow.target,
                             flow.version, flow.status, flow.bytes_out, (now - flow.t_start) * 1000,
@@ -864,7 +905,7 @@ class ClientConnection(asyncio.Protocol):
                     return
                 self._send_error(flow, status, message)
                 return
-            flow = _Flow(b"-", b"-", "1.1", None, self.client, "%032x" % _getrandbits(128))
+            flow = _Flow(b"-", b"-", "1.1", None, self.client, f"{_getrandbits(128):032x}")
             self.queue.append(flow)
         flow.reject = (status, message)
         flow.close_after = True
@@ -948,7 +989,7 @@ def _origin_form(url: bytes, method: bytes) -> bytes:
     if url == b"*" and method == b"OPTIONS":
         return url
     low = url[:8].lower()
-    if low.startswith(b"http://") or low.startswith(b"https://"):
+    if low.startswith((b"http://", b"https://")):
         rest = url.split(b"://", 1)[1]
         slash = rest.find(b"/")
         return rest[slash:] if slash >= 0 else b"/"

@@ -15,6 +15,10 @@ from typing import Any
 import httptools
 
 from decorator.errors import UpstreamError
+from decorator.proxy.http import HOP_BY_HOP
+
+_SPECIAL_LENGTHS = frozenset(len(n) for n in HOP_BY_HOP | {b"content-length"})
+_OWS_BYTES = (32, 9)
 
 _monotonic = time.monotonic
 
@@ -22,15 +26,31 @@ _monotonic = time.monotonic
 class UpstreamConnection(asyncio.Protocol):
     """One connection to the app. While `owner` is set, every parser event goes to it.
 
-    The owner (a tunnel ClientConnection) implements: up_headers(conn, status, version, headers),
+    The owner (a tunnel ClientConnection) implements: up_headers(conn, status, version, headers, hop, cl),
     up_body(data), up_complete(), up_eof(conn), up_upgrade(rest), up_lost(conn, exc), up_failed(message),
     up_pause_writing(), up_resume_writing(), up_flush().
     """
 
-    __slots__ = ("pool", "transport", "parser", "owner", "closed", "reused", "idle_since", "_url",
-                 "_headers", "_in_head", "_skip_body", "_got_bytes", "_paused", "tunnel_to", "last_read")
+    __slots__ = (
+        "_cl",
+        "_got_bytes",
+        "_headers",
+        "_hop",
+        "_in_head",
+        "_paused",
+        "_skip_body",
+        "closed",
+        "idle_since",
+        "last_read",
+        "owner",
+        "parser",
+        "pool",
+        "reused",
+        "transport",
+        "tunnel_to",
+    )
 
-    def __init__(self, pool: "UpstreamPool") -> None:
+    def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -39,6 +59,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self._headers: list[tuple[bytes, bytes]] = []
+        self._hop: list[tuple[bytes, bytes]] = []   # hop-by-hop fields of the head being parsed
+        self._cl = -1                                # its Content-Length, -1 when absent
         self._in_head = True
         self._skip_body = False     # HEAD request: llhttp cannot know the response has no body
         self._got_bytes = False     # any byte of a response since the request was sent
@@ -105,16 +127,29 @@ class UpstreamConnection(asyncio.Protocol):
     # ---- httptools callbacks: record, then hand over
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
+            if value and value[-1] in _OWS_BYTES:  # llhttp keeps trailing whitespace
+                value = value.rstrip(b" \t")
+            if len(name) in _SPECIAL_LENGTHS:  # lower() only names that may be hop-by-hop or framing
+                low = name.lower()
+                if low in HOP_BY_HOP:
+                    self._hop.append((low, value))
+                    return
+                if low == b"content-length":
+                    self._cl = int(value)  # llhttp has checked the digits and duplicates
             self._headers.append((name, value))
         # else: a trailer field after a chunked body; trailers are not forwarded
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         headers = self._headers
+        hop = self._hop
+        cl = self._cl
         self._headers = []
+        self._hop = []
+        self._cl = -1
         status = self.parser.get_status_code()
         if self.owner is not None:
-            self.owner.up_headers(self, status, self.parser.get_http_version(), headers)
+            self.owner.up_headers(self, status, self.parser.get_http_version(), headers, hop, cl)
         if status < 200 and status != 101:
             self._in_head = True  # an interim 1xx: the final head follows
 
@@ -192,7 +227,7 @@ class UpstreamPool:
             _, proto = await asyncio.wait_for(
                 loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
                 self.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.stats["connect_errors"] += 1
             raise UpstreamError(f"connecting to the app at {self.host}:{self.port} timed out") from None
         except OSError as e:
