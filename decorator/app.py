@@ -43,7 +43,8 @@ class App:
         self._stopping = False
         # Prometheus metrics see every exchange; the dashboard's stats come from `record` rules.
         self.telemetry = Telemetry(dashboard=settings.dashboard, token=settings.dashboard_token,
-                                   pod=settings.pod, record_all=False)
+                                   pod=settings.pod, record_all=False,
+                                   in_flight=lambda: self.proxy.stats["in_flight"])
         self.telemetry.add_source(lambda: self.proxy.stats)
         self.telemetry.add_source(lambda: self.proxy.upstream_stats)
         self.runtime = None
@@ -110,7 +111,7 @@ class App:
         try:
             _, w = await asyncio.wait_for(asyncio.open_connection(s.target_host, s.target_port), 1.0)
             w.close()
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             return 503, "text/plain", f"app at {s.target_host}:{s.target_port} unreachable: {e}\n".encode()
         return 200, "text/plain", b"ready\n"
 

@@ -6,6 +6,7 @@ everything that waits runs in the pusher's tasks. Must not import rules, setting
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -51,10 +52,11 @@ class Telemetry:
 
     def __init__(self, dashboard: str | None = None, token: str | None = None, pod: str | None = None,
                  record_all: bool = True, max_endpoints: int = 200,
-                 registry: CollectorRegistry | None = None, **push_options: Any) -> None:
+                 registry: CollectorRegistry | None = None, in_flight: Callable[[], int] | None = None,
+                 **push_options: Any) -> None:
         self.pod = pod or pod_name()
         self.aggregator = Aggregator(max_endpoints=max_endpoints)
-        self.metrics = Metrics(registry, endpoints=self.aggregator.endpoints)
+        self.metrics = Metrics(registry, endpoints=self.aggregator.endpoints, in_flight=in_flight)
         self.hooks = TelemetryHooks(self.metrics, self.aggregator if record_all else None)
         self.resources = Resources(pod=self.pod)
         self.pusher = (Pusher(dashboard, token, self.pod, self.aggregator, self.resources, **push_options)

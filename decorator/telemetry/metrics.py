@@ -105,12 +105,15 @@ class Metrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, endpoints: Endpoints | None = None,
-                 process: bool = True) -> None:
+                 process: bool = True, in_flight: Callable[[], int] | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.endpoints = endpoints if endpoints is not None else Endpoints()
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._sources: list[tuple[Source, str | None]] = []
         self.in_flight: set[Exchange] = set()
+        # When the tunnel counts exchanges in flight itself, read its count at scrape time and keep
+        # the per-request set operations (and the on_request hook) off the hot path.
+        self.in_flight_count = in_flight
         self.source_errors = 0
         self.registry.register(_Collector(self))
         if process:
@@ -137,6 +140,9 @@ class Metrics:
         s.total += seconds
         s.count += 1
 
+    def _in_flight(self) -> int:
+        return self.in_flight_count() if self.in_flight_count is not None else len(self.in_flight)
+
     def add_source(self, fn: Source, label: str | None = None) -> None:
         """Export the counters `fn()` returns at each scrape.
 
@@ -157,7 +163,7 @@ class Metrics:
         return encoder(self.registry), content_type
 
     def status(self) -> dict[str, Any]:
-        return {"in_flight": len(self.in_flight), "series": len(self._series),
+        return {"in_flight": self._in_flight(), "series": len(self._series),
                 "source_errors": self.source_errors}
 
     def _families(self) -> Iterable[Metric]:
@@ -171,7 +177,7 @@ class Metrics:
             cum.append(("+Inf", s.count))
             h.add_metric([method, route, cls], cum, s.total)
         yield h
-        yield GaugeMetricFamily(ACTIVE, "HTTP server requests in flight.", value=len(self.in_flight))
+        yield GaugeMetricFamily(ACTIVE, "HTTP server requests in flight.", value=self._in_flight())
         families: dict[str, tuple[Metric, bool, set]] = {}
         for fn, label in self._sources:
             try:
@@ -228,7 +234,8 @@ class TelemetryHooks(Hooks):
     def __init__(self, metrics: Metrics, aggregator: Aggregator | None = None) -> None:
         self.metrics = metrics
         self.aggregator = aggregator
-        self.on_request = metrics.request_started
+        if metrics.in_flight_count is None:
+            self.on_request = metrics.request_started
         if aggregator is None:
             self.on_complete = metrics.observe
         else:

@@ -173,3 +173,21 @@ def test_tunnel_stats_and_runtime_counters_get_their_documented_names():
     assert fams["decorator_exchanges_in_flight"].type == "gauge"
     assert samples(fams["decorator_notify_suppressed"], "decorator_notify_suppressed_total") == {(("rule", "r"),): 6}
     assert all(f.type in ("counter", "gauge", "histogram") for n, f in fams.items() if n.startswith("decorator"))
+
+
+def test_in_flight_read_from_the_tunnel_keeps_on_request_off_the_hot_path():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from decorator.telemetry.metrics import Metrics, TelemetryHooks
+
+    count = {"n": 7}
+    m = Metrics(process=False, in_flight=lambda: count["n"])
+    hooks = TelemetryHooks(m)
+    assert hooks.on_request is None and hooks.on_complete is not None
+    body, _ = m.render()
+    gauges = {s.name: s.value for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
+    assert gauges["http_server_active_requests"] == 7
+    count["n"] = 0
+    body, _ = m.render()
+    gauges = {s.name: s.value for fam in text_string_to_metric_families(body.decode()) for s in fam.samples}
+    assert gauges["http_server_active_requests"] == 0
