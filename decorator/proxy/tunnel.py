@@ -557,7 +557,9 @@ class ClientConnection(asyncio.Protocol):
                 flow.discarding = True
                 self._send_reply(flow, reply)
                 if flow.bmethod == b"HEAD" or status in (204, 304):
+                    # No app body will follow: the exchange ends with the reply.
                     self._upstream_done(flow, reusable=rf.keep_alive and flow.body_done)
+                    self._maybe_finish(flow)
                 return
             if flow.response_headers is not rf.headers or rf.headers != before:
                 flow.response_headers = [(k, v) for k, v in flow.response_headers

@@ -186,3 +186,35 @@ async def test_head_request_reply_has_no_body(upstream, make_proxy):
     get = await read_response(r)
     assert get.body == b"body-not-sent"
     w.close()
+
+
+async def test_response_phase_reply_to_head_and_204(upstream, make_proxy):
+    """A HEAD answered by the app with a length but no body, replaced in the response phase."""
+    async def handler(seen, writer, reader):
+        if seen.target == "/empty":
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        else:
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\n" +
+                         (b"" if seen.method == "HEAD" else b"not found"))
+        return True
+
+    class H(Hooks):
+        def on_response_head(self, ex):
+            if ex.status in (404, 204):
+                return Reply(ex.status, [(b"Content-Type", b"text/html")], b"<p>friendly</p>")
+            return None
+
+    upstream.handler = handler
+    px = await make_proxy(upstream.port, hooks=H())
+    r, w = await open_client(px.port)
+    w.write(b"HEAD /missing HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = await asyncio.wait_for(read_response(r, "HEAD"), 5)
+    assert head.status == 404 and head.header("content-length") == "15"
+    w.write(b"GET /empty HTTP/1.1\r\nHost: a\r\n\r\n")
+    empty = await asyncio.wait_for(read_response(r), 5)
+    assert empty.status == 204 and empty.header("content-length") is None
+    w.write(b"GET /missing HTTP/1.1\r\nHost: a\r\n\r\n")
+    get = await asyncio.wait_for(read_response(r), 5)
+    assert get.status == 404 and get.body == b"<p>friendly</p>"
+    w.close()
+    assert upstream.connections == 1
