@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from decorator.errors import UsageError
 
@@ -117,7 +117,8 @@ def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
         return default, env_name
 
     port_text, port_what = pick(args.port, "PORT", "8080")
-    port = parse_port(port_text, port_what if args.port is None else "--port")
+    # 0 = any free port (the start-up log line says which): handy for tests and tooling.
+    port = parse_port(port_text, port_what if args.port is None else "--port", allow_zero=True)
     target_text, target_what = pick(args.target, "TARGET_PORT", "8087")
     target_host, target_port = parse_target(target_text, "--target" if args.target is not None else target_what)
     if args.rules:
@@ -129,7 +130,7 @@ def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
     admin_text = args.admin_port if args.admin_port is not None else env.get("ADMIN_PORT", "9090")
     admin_port = parse_port(admin_text, "--admin-port" if args.admin_port is not None else "ADMIN_PORT",
                             allow_zero=True)
-    if admin_port and admin_port == port:
+    if admin_port and port and admin_port == port:
         raise UsageError(f"--admin-port: {admin_port} is also the proxy port; pick another or 0 to turn it off")
 
     d = Limits()

@@ -207,3 +207,15 @@ def test_an_added_action_follows_the_same_contract(tmp_path):
     r = run("validate", str(tmp_path / "r.yaml"), env=env)
     assert r.stdout.startswith(f"{tmp_path / 'r.yaml'}:3:13: rules[0].stamp: unknown key 'valu' (did you mean "
                                "'value'?)")
+
+
+def test_run_refuses_to_start_on_invalid_rules_with_the_same_messages(tmp_path):
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("rules:\n  - name: x\n    natch: {status: 404}\n    record: {timing: true}\n")
+    validate = run("validate", str(bad))
+    started = run("run", "--port", "0", "--admin-port", "0", "--rules", str(bad))
+    assert validate.returncode == 1 and started.returncode == 1
+    assert f"{bad}:3:5:" in started.stderr and "did you mean 'match'" in started.stderr
+    error_lines = [ln for ln in validate.stdout.splitlines() + validate.stderr.splitlines() if f"{bad}:" in ln]
+    assert error_lines and all(ln in started.stderr for ln in error_lines)
+    assert "listening" not in started.stderr
