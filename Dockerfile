@@ -32,6 +32,8 @@ RUN groupadd --system --gid 10001 decorator \
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels decorator-sidecar \
  && mkdir -p /etc/decorator/rules
+# The shipped rule packs, so a ConfigMap can `include: /usr/share/decorator/packs/<pack>`.
+COPY rules /usr/share/decorator/packs
 USER 10001:10001
 EXPOSE 8080 9090
 ENTRYPOINT ["decorator"]

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from decorator.actions.registry import Action, LoadContext, RuleInfo, register, template_values
 from decorator.proxy.hooks import Exchange, Reply
-from decorator.rules.base import Strict, Template, TemplateStr, header_safe, html_escape
+from decorator.rules.base import Strict, Template, TemplateStr, escape_for, header_safe
 
 # Files up to this size are kept in memory and sent as `body`; bigger ones are streamed.
 SMALL_FILE = 64 * 1024
@@ -94,8 +94,8 @@ class Respond(Action):
     def __init__(self, config: RespondConfig, rule: RuleInfo, prepared: Prepared, runtime: Any) -> None:
         super().__init__(config, rule, prepared, runtime)
         self._status = config.status
-        self._escape = html_escape if ("html" in prepared.content_type or "xml" in prepared.content_type) \
-            else None
+        # Values from the request ({path}, {request_id}) are escaped for the body's language.
+        self._escape = escape_for(prepared.content_type)
         self._fixed = [(b"Content-Type", prepared.content_type.encode("latin-1"))]
         self._templated: list[tuple[bytes, Template]] = []
         for k, v in config.headers.items():

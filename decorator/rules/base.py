@@ -7,6 +7,7 @@ imports rules.models (which imports the action registry). Must not import proxy,
 from __future__ import annotations
 
 import html
+import json
 import re
 import string
 from collections.abc import Callable, Iterable, Mapping
@@ -22,7 +23,7 @@ class Strict(BaseModel):
     """Base of every rules model: unknown keys are errors (a typo must never be a silent skip)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False,
-                              validate_default=False)
+                              validate_default=False, coerce_numbers_to_str=True)
 
 
 def parse_seconds(value: Any) -> float:
@@ -114,6 +115,21 @@ def check_template(value: str) -> str:
 
 def html_escape(s: str) -> str:
     return html.escape(s, quote=True)
+
+
+def json_escape(s: str) -> str:
+    """A value placed inside a JSON string literal: quotes, backslashes and controls escaped."""
+    return json.dumps(s)[1:-1]
+
+
+def escape_for(content_type: str) -> Callable[[str], str] | None:
+    """The escaping a templated body needs for its content type (None for plain text)."""
+    ct = content_type.lower()
+    if "json" in ct:
+        return json_escape
+    if "html" in ct or "xml" in ct:
+        return html_escape
+    return None
 
 
 def header_safe(s: str) -> str:

@@ -470,9 +470,11 @@ class _Loader:
                 val = lookup[name]
             elif name in self.env:
                 val = self.env[name]
-            elif default is not None:
-                val = default
             else:
+                val = None
+            if default is not None and (val is None or val == ""):
+                val = default  # as in the shell, ':-' also covers a variable set to the empty string
+            if val is None:
                 self.add(src.col_in_scalar(src.loc(path), text, m.start()),
                          f"variable {name} is not set (not in vars, not in the environment) and has no "
                          f"default; set it or write ${{{name}:-default}}")

@@ -211,7 +211,7 @@ class HeaderCheck:
 # ----------------------------------------------------------------------------------------------
 # The JMESPath view of an exchange (documented in docs/rules.md). Built only when a `when` runs.
 
-VIEW_KEYS = ("request", "response", "timing", "route")
+VIEW_KEYS = ("request", "response", "timing", "route", "error")
 
 
 def _headers_dict(headers: list | None) -> dict[str, str]:
@@ -236,11 +236,14 @@ def exchange_view(ex: Exchange) -> dict:
         response = {"status": ex.status, "headers": _headers_dict(ex.response_headers)}
     return {
         "request": {"method": ex.method, "path": ex.path, "query": _query_dict(ex.query),
-                    "headers": _headers_dict(ex.request_headers)},
+                    "headers": _headers_dict(ex.request_headers), "client": ex.client},
         "response": response,
         "timing": {"duration_ms": round(ex.duration * 1000.0, 3) if ex.t_end else None,
                    "upstream_ms": round(ex.upstream_latency * 1000.0, 3) if ex.t_response else None},
         "route": ex.route,
+        # Why the proxy answered or the exchange failed (upstream_connect, upstream_timeout,
+        # client_closed...): null when the app answered.
+        "error": ex.error,
     }
 
 

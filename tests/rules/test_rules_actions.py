@@ -189,3 +189,21 @@ def test_after_a_request_phase_reply_the_response_phase_is_skipped(write):
     assert r.status == 503 and ex.state == {"rules.replied": True}
     assert h.on_response_head(ex) is None  # even if a tunnel called it: the reply stands
     assert rt.counters["rule_hits"] == {"early": 1}
+
+
+def test_json_body_template_escapes_request_values(tmp_path):
+    """{path} and {request_id} come from the client: in a JSON body they cannot break out of the string."""
+    import json as _json
+
+    from tests.rules.helpers import hooks_for, make_ex
+
+    f = tmp_path / "r.yaml"
+    f.write_text('rules:\n  - name: j\n    match: {status: 404}\n    respond:\n'
+                 '      content_type: application/json\n'
+                 '      body: \'{{"error": "not found", "path": "{path}", "id": "{request_id}"}}\'\n')
+    hooks, _ = hooks_for(str(f))
+    ex = make_ex('/a"b\\\\c', status=404)
+    ex.request_id = 'x", "admin": true, "y": "'
+    reply = hooks.on_response_head(ex)
+    doc = _json.loads(reply.body)
+    assert doc == {"error": "not found", "path": '/a"b\\\\c', "id": 'x", "admin": true, "y": "'}

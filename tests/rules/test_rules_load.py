@@ -236,3 +236,16 @@ def test_schema_json_accepts_the_example_and_rejects_typos_like_an_editor_would(
     doc["rules"][1]["match"] = {"status": "5xy"}
     doc["rules"][2]["notify"]["cooldwn"] = "1s"
     assert len(list(validator.iter_errors(doc))) == 3
+
+
+def test_default_also_covers_an_empty_variable_and_numbers_become_text(tmp_path):
+    """${X:-d} uses d when X is unset or empty (as the shell does); a number var fills a text field."""
+    from decorator.rules import load_rules
+
+    f = tmp_path / "r.yaml"
+    f.write_text("vars: {RETRY: 1800}\nrules:\n  - name: r\n    respond:\n      status: 503\n"
+                 "      headers: {Retry-After: \"${RETRY}\", X-Token: \"Bearer ${TOKEN:-none}\"}\n      body: down\n")
+    rs = load_rules([str(f)], env={"TOKEN": ""})
+    respond = rs.rules[0].respond
+    assert respond.headers["Retry-After"] == "1800"
+    assert respond.headers["X-Token"] == "Bearer none"

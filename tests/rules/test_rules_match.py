@@ -232,7 +232,10 @@ def test_view_shape():
     ex.route = "/p"
     v = exchange_view(ex)
     assert v["request"] == {"method": "GET", "path": "/p", "query": {"a": "1", "b": ""},
-                            "headers": {"x-a": "1, 2"}}
+                            "headers": {"x-a": "1, 2"}, "client": ex.client}
     assert v["response"] == {"status": 503, "headers": {"retry-after": "5"}}
     assert v["timing"] == {"duration_ms": None, "upstream_ms": None} and v["route"] == "/p"
     assert exchange_view(make_ex("/"))["response"] is None
+    assert v["error"] is None
+    ex.error = "upstream_timeout"
+    assert exchange_view(ex)["error"] == "upstream_timeout"
