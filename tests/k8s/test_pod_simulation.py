@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from typing import Self
 
 import pytest
 from kubelet_volume import ConfigMapVolume, configmap_payload
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "examples" / "kubernetes" / "rules-configmap.yaml"
@@ -53,12 +53,6 @@ pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
 
 
 # -- processes ----------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Proc:
     """A child process whose output goes to a file (no pipe to fill up), read back for assertions."""

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 
 import pytest
 
 from decorator.proxy.tunnel import ProxyServer
 from decorator.settings import Limits
+from tests.support import free_port, wait_port  # noqa: F401 - re-exported for the proxy tests
 
 
 # ----------------------------------------------------------------------------- a tiny HTTP reader
@@ -216,25 +215,6 @@ async def closed_after(reader: asyncio.StreamReader, timeout: float = 5.0) -> bo
 
 
 # ----------------------------------------------------------------------------- subprocess helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"port {port} not listening after {timeout}s")
-
-
 def start_decorator(*args: str, env: dict | None = None) -> subprocess.Popen:
     e = dict(os.environ)
     e.update(env or {})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from decorator.dashboard.wire import ResourcesPayload, StatsPayload
 from decorator.telemetry import Aggregator, Metrics, Pusher, Resources
 from tests.telemetry.helpers import Receiver, make_ex, wait_until
+from tests.support import free_port
 
 DATA = Path(__file__).parent / "data"
 FAST = {"interval_resources": 0.05, "interval_stats": 0.1, "timeout": 1.0, "backoff_base": 0.02,
@@ -24,12 +24,6 @@ def received_counts(posts) -> dict:
         for e in p.data["endpoints"]:
             out[e["endpoint"]] = out.get(e["endpoint"], 0) + e["count"]
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
