@@ -25,10 +25,10 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m examples.demo
+	$(BIN)/python examples/demo/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check decorator tests
+	$(BIN)/ruff check decorator tests rules bench examples
 
 schema: $(STAMP)
 	$(BIN)/decorator schema > schema.json

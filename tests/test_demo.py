@@ -26,21 +26,6 @@ DEMO = REPO / "examples" / "demo" / "demo.py"
 LABELS = ("app through the sidecar", "the app directly", "dashboard", "metrics", "status")
 
 
-def _rules_wired() -> bool:
-    # `decorator run` learns --rules while this suite is being written; until decorator/app.py
-    # compiles rules, the rules' effects cannot show through the sidecar.
-    return "compile_rules" in (REPO / "decorator" / "app.py").read_text()
-
-
-def _push_wired() -> bool:
-    # likewise for pushing telemetry to DASHBOARD (decorator.telemetry, started by decorator/app.py)
-    return "Telemetry(" in (REPO / "decorator" / "app.py").read_text()
-
-
-NO_RULES = pytest.mark.skipif(not _rules_wired(), reason="`decorator run` does not apply --rules yet "
-                              "(decorator/app.py does not compile rules)")
-NO_PUSH = pytest.mark.skipif(not _push_wired(), reason="`decorator run` does not push to DASHBOARD yet "
-                             "(decorator/app.py does not start telemetry)")
 POLL = 5.0   # seconds a dashboard query may take to show what the sidecar sent
 
 
@@ -119,17 +104,17 @@ def demo(tmp_path_factory) -> DemoRun:
             run.answers["dashboard"] = _get(run.urls["dashboard"], "/")
             run.answers["metrics"] = _get(run.urls["metrics"], "")
             dash = run.urls["dashboard"]
-            if _push_wired():  # resources are pushed every second
-                overview = _poll_json(dash, "/api/overview", lambda d: any(
-                    p["pod"] == "demo-pod" for p in d["pods"]))
-                run.pods = [p["pod"] for p in overview["pods"]]
-            if _rules_wired():  # a 500 through the sidecar -> the alert rule -> the dashboard's /events
-                for _ in range(60):
-                    if _get(sidecar, "/flaky").status == 500:
-                        break
-                events = _poll_json(dash, "/api/events", lambda d: any(
-                    a["rule"] == "page-on-5xx" for a in d["alerts"]))
-                run.alerts = events["alerts"]
+            # resources are pushed every second
+            overview = _poll_json(dash, "/api/overview", lambda d: any(
+                p["pod"] == "demo-pod" for p in d["pods"]))
+            run.pods = [p["pod"] for p in overview["pods"]]
+            # a 500 through the sidecar -> the alert rule -> the dashboard's /events
+            for _ in range(60):
+                if _get(sidecar, "/flaky").status == 500:
+                    break
+            events = _poll_json(dash, "/api/events", lambda d: any(
+                a["rule"] == "page-on-5xx" for a in d["alerts"]))
+            run.alerts = events["alerts"]
         run.returncode = proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
@@ -158,7 +143,6 @@ def test_the_app_answers_through_the_sidecar(demo: DemoRun) -> None:
         {"id": 3, "name": "Linus", "plan": "free"}
 
 
-@NO_RULES
 def test_the_friendly_404_page_replaces_the_apps(demo: DemoRun) -> None:
     page = demo.answers["/no-such-page"]
     assert page.status == 404
@@ -168,7 +152,6 @@ def test_the_friendly_404_page_replaces_the_apps(demo: DemoRun) -> None:
     assert "rules: live" in demo.output
 
 
-@NO_RULES
 def test_security_headers_are_added_and_the_server_header_hidden(demo: DemoRun) -> None:
     through, direct = demo.answers["/api/users/3"], demo.answers["direct /api/users/3"]
     assert through.headers.get("x-content-type-options") == "nosniff"
@@ -187,12 +170,10 @@ def test_the_admin_port_serves_prometheus_metrics(demo: DemoRun) -> None:
     assert b"http_server_request_duration_seconds" in metrics.body
 
 
-@NO_PUSH
 def test_the_sidecar_reports_to_the_dashboard(demo: DemoRun) -> None:
     assert "demo-pod" in demo.pods, demo.output
 
 
-@NO_RULES
 def test_a_5xx_raises_an_alert_on_the_dashboard(demo: DemoRun) -> None:
     alert = next((a for a in demo.alerts if a["rule"] == "page-on-5xx"), None)
     assert alert is not None, demo.alerts
