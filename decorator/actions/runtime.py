@@ -81,8 +81,6 @@ class Runtime:
     async def start(self) -> None:
         if self._task is not None:
             return
-        import httpx  # only a process that sends webhooks pays for the import
-        self._client = httpx.AsyncClient(follow_redirects=False)
         self._task = asyncio.get_running_loop().create_task(self._drain(), name="decorator-notify")
 
     async def _drain(self) -> None:
@@ -110,7 +108,9 @@ class Runtime:
             self._queue.task_done()
 
     async def _deliver(self, event: dict, target: NotifyTarget) -> bool:
-        import httpx
+        import httpx  # imported (and the client made) at the first event: idle sidecars stay small
+        if self._client is None:
+            self._client = httpx.AsyncClient(follow_redirects=False)
         attempt = 0
         while True:
             delay = None

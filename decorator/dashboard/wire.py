@@ -7,15 +7,12 @@ pusher and the dashboard import it. Must not import anything else from the packa
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from typing import Annotated, Any
 
+from decorator.dashboard.buckets import LATENCY_BOUNDS_MS, N_BUCKETS, STATUS_CLASSES, bucket_index
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
 # Upper bounds (ms, inclusive) of the latency histogram buckets; one more bucket counts the overflow.
-LATENCY_BOUNDS_MS: tuple[int, ...] = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
-N_BUCKETS = len(LATENCY_BOUNDS_MS) + 1
-STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 # Limits keep one payload from costing the dashboard much; the sidecar's own caps are far lower.
 MAX_ENDPOINTS = 5_000
@@ -40,11 +37,6 @@ Short = Annotated[str, StringConstraints(max_length=256)]
 Count = Annotated[int, Field(ge=0, le=_BIG)]
 Amount = Annotated[float, Field(ge=0, le=1e15)]
 Stamp = Annotated[float, Field(ge=0, le=1e13)]
-
-
-def bucket_index(ms: float) -> int:
-    """Index of the histogram bucket that counts a latency of `ms` milliseconds."""
-    return bisect_left(LATENCY_BOUNDS_MS, ms)
 
 
 class _Wire(BaseModel):

@@ -12,7 +12,7 @@ from bisect import bisect_left
 from collections import deque
 from typing import Any
 
-from decorator.dashboard.wire import LATENCY_BOUNDS_MS, N_BUCKETS, STATUS_CLASSES
+from decorator.dashboard.buckets import LATENCY_BOUNDS_MS, N_BUCKETS, STATUS_CLASSES
 from decorator.proxy.hooks import Exchange
 
 ALL_FIELDS: frozenset[str] = frozenset({"timing", "status", "size"})

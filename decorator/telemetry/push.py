@@ -16,7 +16,6 @@ import time
 from collections import deque
 from typing import Any
 
-import httpx
 
 from decorator.telemetry.aggregate import Aggregator
 from decorator.telemetry.resources import Resources
@@ -67,7 +66,8 @@ class Pusher:
         self.retry_at = 0.0                 # monotonic time before which nothing is sent
         self.last_ok: float | None = None   # wall clock of the last accepted post
         self.last_error: str | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: Any = None          # httpx.AsyncClient, made by start()
+        self._http_error: type[Exception] = OSError
         self._tasks: list[asyncio.Task] = []
         self._send_lock = asyncio.Lock()    # one stats flush at a time (the loop and close())
 
@@ -82,9 +82,12 @@ class Pusher:
                 "last_ok": self.last_ok, "last_error": self.last_error}
 
     async def start(self) -> None:
+        import httpx  # only a sidecar that pushes to a dashboard pays for the import (memory)
+
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=self._headers,
                                          limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
                                          trust_env=False)
+        self._http_error = httpx.HTTPError
         if self.resources is not None:
             self._tasks.append(asyncio.create_task(self._loop(self.interval_resources, self._push_resources),
                                                    name="push-resources"))
@@ -161,7 +164,7 @@ class Pusher:
                 r = await self._client.post(self.url + path, content=body)
         except TimeoutError:
             return self._failed(f"{path}: no answer within {self.timeout}s", "retry")
-        except (httpx.HTTPError, OSError) as e:
+        except (self._http_error, OSError) as e:
             return self._failed(f"{path}: {type(e).__name__}: {e}".rstrip(": "), "retry")
         if r.is_success:
             if self.failures:
