@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# bench/instructions.sh — user-space instructions per proxied request, counted by callgrind.
+#
+# wrk figures on a shared 2-core box move with whatever else runs; instruction counts do not:
+# the same build, inputs and environment give the same count to a fraction of a percent, even
+# with the other core loaded. So this is the figure to compare optimisations by. It counts user
+# space only (syscalls are the kernel's and cost the same for every proxy here).
+#
+#   bash bench/instructions.sh                 # decorator (no rules, card rules, +100 rules) and nginx
+#   N=5000 bash bench/instructions.sh          # requests counted per row (default 3000)
+#
+# Each row: the proxy runs under valgrind with instrumentation off; after 500 warm-up requests
+# (10 keep-alive connections) instrumentation goes on for N requests, then off, and the count is
+# divided by N. Upstream: nginx answering "hello world\n" on UP_PORT. Needs valgrind and nginx.
+set -u
+cd "$(dirname "$0")/.."
+N=${N:-3000}
+UP_PORT=${UP_PORT:-18287}
+PX_PORT=${PX_PORT:-18280}
+WORK=$(mktemp -d /tmp/decorator-instr.XXXXXX)
+PY=.venv/bin/python
+for t in valgrind callgrind_control nginx; do
+  command -v "$t" >/dev/null || { echo "instructions.sh: $t not found (apt-get install -y valgrind nginx)" >&2; exit 2; }
+done
+[ -x "$PY" ] || { echo "instructions.sh: no .venv (run make test or make demo once)" >&2; exit 2; }
+
+mkdir -p "$WORK/up/logs"
+cat > "$WORK/up/nginx.conf" <<EOF
+worker_processes 1; daemon off; master_process off; pid $WORK/up/nginx.pid; error_log $WORK/up/logs/error.log warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $WORK/up/b; proxy_temp_path $WORK/up/p; fastcgi_temp_path $WORK/up/f;
+  uwsgi_temp_path $WORK/up/u; scgi_temp_path $WORK/up/s;
+  server { listen 127.0.0.1:$UP_PORT; location = / { return 200 "hello world\n"; } } }
+EOF
+mkdir -p "$WORK/px/logs"
+cat > "$WORK/px/nginx.conf" <<EOF
+worker_processes 1; daemon off; master_process off; pid $WORK/px/nginx.pid; error_log $WORK/px/logs/error.log warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $WORK/px/b; proxy_temp_path $WORK/px/p; fastcgi_temp_path $WORK/px/f;
+  uwsgi_temp_path $WORK/px/u; scgi_temp_path $WORK/px/s;
+  upstream up { server 127.0.0.1:$UP_PORT; keepalive 128; }
+  server { listen 127.0.0.1:$PX_PORT;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOF
+cat > "$WORK/client.py" <<'EOF'
+import socket, sys
+n, port = int(sys.argv[1]), int(sys.argv[2])
+conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+req = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+done = 0
+while done < n:
+    for c in conns:
+        c.sendall(req)
+    for c in conns:
+        buf = b""
+        while True:
+            buf += c.recv(65536)
+            head, sep, rest = buf.partition(b"\r\n\r\n")
+            if sep:
+                cl = [ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")]
+                if cl and len(rest) >= int(cl[0].split(b":")[1]):
+                    break
+    done += len(conns)
+EOF
+
+nginx -c "$WORK/up/nginx.conf" -p "$WORK/up/" >/dev/null 2>&1 &
+UP=$!
+trap 'kill $UP 2>/dev/null; wait 2>/dev/null' EXIT
+wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.2; done; return 1; }
+wait_port "$UP_PORT" || { echo "upstream nginx did not start" >&2; exit 1; }
+
+row() {  # row LABEL CMD...
+  local label=$1; shift
+  rm -f "$WORK"/cg.out*
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" "$@" >"$WORK/$label.log" 2>&1 &
+  local pid=$!
+  if ! wait_port "$PX_PORT"; then echo "$label: did not start (see $WORK/$label.log)"; kill $pid; return; fi
+  "$PY" "$WORK/client.py" 500 "$PX_PORT"
+  callgrind_control -i on $pid >/dev/null 2>&1
+  "$PY" "$WORK/client.py" "$N" "$PX_PORT"
+  callgrind_control -i off $pid >/dev/null 2>&1
+  callgrind_control -d $pid >/dev/null 2>&1
+  sleep 1
+  kill -TERM $pid; wait $pid 2>/dev/null
+  local ir
+  ir=$(grep -h "^summary:\|^totals:" "$WORK"/cg.out* | awk '{s+=$2} END{print s+0}')
+  printf '%-22s %10d instructions/request\n' "$label" $((ir / N))
+  for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$PX_PORT") 2>/dev/null || break; sleep 0.1; done
+}
+
+DEC=("$PY" -m decorator run --port "$PX_PORT" --target "$UP_PORT" --admin-port 0)
+echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null) N=$N, user-space instructions (callgrind)"
+row nginx nginx -c "$WORK/px/nginx.conf" -p "$WORK/px/"
+row decorator "${DEC[@]}"
+row decorator+rules "${DEC[@]}" --rules bench/rules/card.yaml
+row decorator+100rules "${DEC[@]}" --rules bench/rules/card.yaml bench/rules/nomatch100.yaml
+rm -rf "$WORK"
