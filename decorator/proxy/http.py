@@ -68,7 +68,6 @@ class RequestFraming:
     __slots__ = (
         "chunked",
         "content_length",
-        "expect_continue",
         "has_xff",
         "has_xfp",
         "headers",
@@ -82,7 +81,6 @@ class RequestFraming:
         self.chunked = False
         self.content_length = -1        # -1: no Content-Length
         self.keep_alive = True
-        self.expect_continue = False
         self.upgrade: bytes | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.host: bytes | None = None
@@ -135,9 +133,6 @@ def check_request(method: bytes, version: str, raw_headers: list[tuple[bytes, by
             if f.host is not None:
                 raise FramingError(400, "more than one Host header")
             f.host = value
-        elif low == b"expect":
-            if value.lower() == b"100-continue":
-                f.expect_continue = True
         elif low == b"x-request-id":
             f.request_id = value
         elif low == b"x-forwarded-for":

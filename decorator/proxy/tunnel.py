@@ -133,7 +133,6 @@ class ProxyServer:
         self._ticker: asyncio.Task | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        self._xff_proto = b"http"
 
     @property
     def upstream_stats(self) -> dict[str, int]:
