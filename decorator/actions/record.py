@@ -6,6 +6,8 @@ and rules.base only; telemetry is reached through the runtime, never imported.
 
 from __future__ import annotations
 
+from functools import partial
+
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -47,7 +49,9 @@ class Record(Action):
     def __init__(self, config: RecordConfig, rule: RuleInfo, prepared: Any, runtime: Any) -> None:
         super().__init__(config, rule, prepared, runtime)
         self._fields = config.fields()
-        self.complete = self._record
+        rec = runtime.recorder if runtime is not None else None
+        # Straight to the recorder when there is one: this runs on every exchange it matches.
+        self.complete = partial(rec.record, fields=self._fields) if rec is not None else self._record
 
     def _record(self, ex: Exchange) -> None:
         rec = self.runtime.recorder

@@ -157,6 +157,9 @@ class Hooks:
     on_request: Callable[[Exchange], Reply | None] | None = None
     on_response_head: Callable[[Exchange], Reply | None] | None = None
     on_complete: Callable[[Exchange], None] | None = None
+    # When set, on_response_head is only called for these statuses (None: for every status). A
+    # promise by the hooks that other statuses would get None anyway; it saves a call per response.
+    response_statuses: frozenset[int] | None = None
 
 
 class ChainedHooks(Hooks):
@@ -171,6 +174,8 @@ class ChainedHooks(Hooks):
             self.on_request = req[0] if len(req) == 1 else _first_reply(req)
         if resp:
             self.on_response_head = resp[0] if len(resp) == 1 else _first_reply(resp)
+            sets = [p.response_statuses for p in self.parts if p.on_response_head is not None]
+            self.response_statuses = None if any(x is None for x in sets) else frozenset().union(*sets)
         if done:
             self.on_complete = done[0] if len(done) == 1 else _all(done)
 

@@ -545,7 +545,8 @@ class ClientConnection(asyncio.Protocol):
         if flow.bmethod == b"HEAD":
             conn.head_done_for_head_request()
         hooks = flow.hooks
-        if hooks is not None and hooks.on_response_head is not None:
+        if (hooks is not None and hooks.on_response_head is not None
+                and (hooks.response_statuses is None or status in hooks.response_statuses)):
             before = list(rf.headers)
             try:
                 reply = hooks.on_response_head(flow)
@@ -804,7 +805,8 @@ class ClientConnection(asyncio.Protocol):
         reply = Reply(status, [(b"Content-Type", b"text/plain; charset=utf-8")], http.error_body(status, message))
         hooks = flow.hooks
         flow.discarding = True
-        if hooks is not None and hooks.on_response_head is not None and status >= 500:
+        if (hooks is not None and hooks.on_response_head is not None and status >= 500
+                and (hooks.response_statuses is None or status in hooks.response_statuses)):
             # Rules may replace the proxy's own 502/504 as they would the app's (a friendly 5xx page).
             flow.status = status
             flow.response_headers = reply.headers

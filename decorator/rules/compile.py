@@ -184,6 +184,9 @@ class RuleHooks(Hooks):
             self.on_request = self._on_request
         if resp:
             self.on_response_head = self._on_response_head
+            # Only statuses some response-phase rule accepts reach the hook (the tunnel checks).
+            if all(e.rule.statuses is not None for e in resp):
+                self.response_statuses = frozenset().union(*(e.rule.statuses for e in resp))
         if done:
             self.on_complete = self._on_complete
 

@@ -218,3 +218,34 @@ async def test_response_phase_reply_to_head_and_204(upstream, make_proxy):
     assert get.status == 404 and get.body == b"<p>friendly</p>"
     w.close()
     assert upstream.connections == 1
+
+
+async def test_response_statuses_prefilter(upstream, make_proxy):
+    """on_response_head is skipped for statuses the hooks did not ask for; chain() keeps the promise."""
+    async def handler(seen, writer, reader):
+        code = int(seen.target.strip("/"))
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % code)
+        return True
+
+    class Only404(Hooks):
+        response_statuses = frozenset({404})
+
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def on_response_head(self, ex):
+            self.seen.append(ex.status)
+            return None
+
+    class Every(Hooks):
+        def on_response_head(self, ex):
+            return None
+
+    upstream.handler = handler
+    only = Only404()
+    px = await make_proxy(upstream.port, hooks=chain(only, Recorder()))
+    for code in (200, 404, 500):
+        assert (await roundtrip(px.port, b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % code)).status == code
+    assert only.seen == [404]
+    assert chain(only, Recorder()).response_statuses == frozenset({404})
+    assert chain(only, Every()).response_statuses is None  # one part wants every status

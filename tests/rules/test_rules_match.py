@@ -239,3 +239,18 @@ def test_view_shape():
     assert v["error"] is None
     ex.error = "upstream_timeout"
     assert exchange_view(ex)["error"] == "upstream_timeout"
+
+
+def test_response_statuses_promised_only_when_every_response_rule_names_statuses(tmp_path):
+    from tests.rules.helpers import hooks_for
+
+    card = tmp_path / "card.yaml"
+    card.write_text("rules:\n  - name: nf\n    match: {status: 404}\n    respond: {body: x}\n"
+                    "  - name: t\n    record: {timing: true}\n  - name: s\n    match: {status: 5xx}\n"
+                    "    headers: {response: {set: {X-Err: '1'}}}\n")
+    hooks, _ = hooks_for(str(card))
+    assert hooks.response_statuses == frozenset({404, *range(500, 600)})
+    anyst = tmp_path / "any.yaml"
+    anyst.write_text("rules:\n  - name: h\n    headers: {response: {set: {X-Frame-Options: DENY}}}\n")
+    hooks, _ = hooks_for(str(anyst))
+    assert hooks.on_response_head is not None and hooks.response_statuses is None
