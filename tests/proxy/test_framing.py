@@ -292,3 +292,84 @@ async def _get(port: int, target: bytes = b"/"):
         return await read_response(r)
     finally:
         w.close()
+
+
+_FUZZ_SEEDS = [
+    b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    b"HEAD /h HTTP/1.0\r\n\r\n",
+    b"PUT /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
+]
+
+
+def _mutate(data: bytes, rnd) -> bytes:
+    b = bytearray(data)
+    for _ in range(rnd.choice([0, 1, 1, 2, 4])):
+        op, i = rnd.random(), rnd.randrange(len(b) + 1)
+        if op < 0.3 and b:
+            b[min(i, len(b) - 1)] = rnd.randrange(256)
+        elif op < 0.5:
+            b[i:i] = rnd.choice([b"\r\n", b"\n", b"\r", b" ", b":", b"\x00", b"0", b"chunked", b";", b","])
+        elif op < 0.7 and b:
+            del b[i:i + rnd.randint(1, 5)]
+        elif op < 0.85:
+            b += rnd.choice(_FUZZ_SEEDS)  # pipelined
+        else:
+            b[i:i] = b[:rnd.randrange(len(b) + 1)]
+    return bytes(b)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_mutated_requests_never_crash_or_leak(seed, upstream, make_proxy, caplog):
+    """Random mutations of valid requests, split at random points, sent with hooks active: nothing
+    is logged as an error, every exchange is finished, every connection closed, and the proxy still
+    answers a normal request afterwards."""
+    import random
+
+    from decorator.proxy.hooks import Hooks, Reply
+
+    class H(Hooks):
+        def on_request(self, ex):
+            return Reply(200, [], b"hooked") if ex.path.startswith("/p") else None
+
+        def on_response_head(self, ex):
+            return Reply(202, [], b"x" * 100) if ex.path.startswith("/a") else None
+
+    rnd = random.Random(seed)
+    px = await make_proxy(upstream.port, hooks=H(), header_timeout=0.5, body_timeout=0.5, idle_timeout=0.5,
+                          upstream_timeout=1)
+
+    async def one(data: bytes) -> None:
+        try:
+            r, w = await open_client(px.port)
+            cuts = sorted(rnd.sample(range(len(data) + 1), min(3, len(data) + 1))) + [len(data)]
+            prev = 0
+            for c in cuts:
+                w.write(data[prev:c])
+                prev = c
+                await w.drain()
+            if rnd.random() < 0.5:
+                w.write_eof()
+            try:
+                await asyncio.wait_for(r.read(65536), 0.5)
+            except TimeoutError:
+                pass
+            w.close()
+        except OSError:
+            pass
+
+    with caplog.at_level("ERROR", logger="decorator"):
+        for _ in range(6):
+            await asyncio.gather(*(one(_mutate(rnd.choice(_FUZZ_SEEDS), rnd)) for _ in range(50)))
+        for _ in range(40):  # timeouts close what the clients left open
+            if not px.connections and px.stats["in_flight"] == 0:
+                break
+            await asyncio.sleep(0.1)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+    assert px.stats["in_flight"] == 0 and not px.connections
+    r, w = await open_client(px.port)
+    w.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(read_response(r), 5)).status == 200
+    w.close()
