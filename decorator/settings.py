@@ -17,12 +17,20 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
+def duration_seconds(text: str) -> float | None:
+    """'15', '15s', '500ms', '2m', '1h' -> seconds; None when `text` is not a duration.
+
+    The one duration grammar: flags and env here, and the rules language (rules.base) use it.
+    """
+    m = _DURATION.match(text)
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
 def parse_duration(text: str, what: str) -> float:
-    """'15', '15s', '500ms', '2m', '1h' -> seconds."""
-    m = _DURATION.match(str(text))
-    if not m:
+    seconds = duration_seconds(str(text))
+    if seconds is None:
         raise UsageError(f"{what}: expected a duration such as 15s, 500ms or 2m, got {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    return seconds
 
 
 def parse_port(text: str, what: str, allow_zero: bool = False) -> int:

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import string
 from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+from decorator.settings import duration_seconds
 
 
 class Strict(BaseModel):
@@ -35,9 +33,9 @@ def parse_seconds(value: Any) -> float:
             raise ValueError(f"expected a duration of 0 or more, found {value!r}")
         return float(value)
     if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
+        seconds = duration_seconds(value)
+        if seconds is not None:
+            return seconds
     raise ValueError(f"expected a duration such as 60s, 500ms or 2m, found {value!r}")
 
 
