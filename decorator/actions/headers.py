@@ -13,17 +13,15 @@ from pydantic import AfterValidator, Field
 
 from decorator.actions.registry import Action, RuleInfo, register, template_values
 from decorator.proxy.hooks import Exchange, Headers, Reply
-from decorator.rules.base import Strict, Template, TemplateStr, header_safe
+from decorator.rules.base import FRAMING_HEADERS, Strict, Template, TemplateStr, header_safe
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
-                     "te", "trailer"})
 
 
 def _header_name(v: str) -> str:
     if not _TOKEN.match(v):
         raise ValueError(f"expected a header name (letters, digits, -), found {v!r}")
-    if v.lower() in FRAMING:
+    if v.lower() in FRAMING_HEADERS:
         raise ValueError(f"header {v!r} cannot be edited: the proxy frames messages itself")
     return v
 

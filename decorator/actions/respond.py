@@ -15,16 +15,15 @@ from pydantic import Field, field_validator, model_validator
 
 from decorator.actions.registry import Action, LoadContext, RuleInfo, register, template_values
 from decorator.proxy.hooks import Exchange, Reply
-from decorator.rules.base import Strict, Template, TemplateStr, escape_for, header_safe
+from decorator.rules.base import FRAMING_HEADERS, Strict, Template, TemplateStr, escape_for, header_safe
 
 # Files up to this size are kept in memory and sent as `body`; bigger ones are streamed.
 SMALL_FILE = 64 * 1024
-FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
 
 
 def check_header_names(headers: dict) -> dict:
     for k in headers:
-        if k.lower() in FRAMING:
+        if k.lower() in FRAMING_HEADERS:
             raise ValueError(f"header {k!r} cannot be set: the proxy frames messages itself")
     return headers
 

@@ -115,6 +115,12 @@ def html_escape(s: str) -> str:
     return html.escape(s, quote=True)
 
 
+# Header names a rule may not set: they describe the connection or the framing, which the proxy owns
+# (RFC 9110 §7.6.1 hop-by-hop fields plus Content-Length). Lower-case.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
+                             "te", "trailer"})
+
+
 def json_escape(s: str) -> str:
     """A value placed inside a JSON string literal: quotes, backslashes and controls escaped."""
     return json.dumps(s)[1:-1]

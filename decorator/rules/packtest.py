@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from decorator.actions.runtime import NotifyTarget, Runtime
 from decorator.errors import RulesInvalid
-from decorator.proxy.hooks import Exchange, Hooks, Reply
+from decorator.proxy.hooks import Exchange, Hooks, Reply, header_get
 from decorator.rules.compile import compile_rules
 from decorator.rules.load import LoadedTest, load_rules, pack_units
 from decorator.rules.models import Expect, FakeUpstream, TestCase
@@ -88,11 +88,8 @@ def simulate(hooks: Hooks | None, method: str, target: str, headers: list[tuple[
 
 
 def _header(headers: list[tuple[bytes, bytes]] | None, name: str) -> str | None:
-    low = name.lower().encode("latin-1")
-    for k, v in headers or ():
-        if k.lower() == low:
-            return v.decode("latin-1")
-    return None
+    v = header_get(headers or [], name.lower().encode("latin-1"))
+    return None if v is None else v.decode("latin-1")
 
 
 def check(expect: Expect, out: Outcome, runtime: CaptureRuntime) -> list[str]:
