@@ -451,28 +451,23 @@ class Store:
         return out
 
     def recent_errors(self, since: float, pod: str | None = None, limit: int = 50) -> list[dict]:
-        sql = ("SELECT ts, pod, endpoint, route, method, status, time_ms, started, request_id, error "
-               "FROM samples WHERE ts >= ?")
-        args: list = [since]
-        if pod:
-            sql += " AND pod = ?"
-            args.append(pod)
-        keys = ("ts", "pod", "endpoint", "route", "method", "status", "time_ms", "started", "request_id",
-                "error")
-        rows = self._reader().execute(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
-        return [dict(zip(keys, r)) for r in rows]
+        return self._recent("samples", ("ts", "pod", "endpoint", "route", "method", "status", "time_ms",
+                                        "started", "request_id", "error"), since, pod, limit)
 
     def recent_events(self, since: float, pod: str | None = None, limit: int = 50) -> list[dict]:
-        sql = ("SELECT ts, pod, event, rule, count, status, method, path, request_id, duration_ms, message "
-               "FROM events WHERE ts >= ?")
+        return self._recent("events", ("ts", "pod", "event", "rule", "count", "status", "method", "path",
+                                       "request_id", "duration_ms", "message"), since, pod, limit)
+
+    def _recent(self, table: str, cols: tuple[str, ...], since: float, pod: str | None,
+                limit: int) -> list[dict]:
+        """The newest rows of `table` since `since` (optionally one pod's) as dicts of `cols`."""
+        sql = f"SELECT {', '.join(cols)} FROM {table} WHERE ts >= ?"
         args: list = [since]
         if pod:
             sql += " AND pod = ?"
             args.append(pod)
-        keys = ("ts", "pod", "event", "rule", "count", "status", "method", "path", "request_id",
-                "duration_ms", "message")
         rows = self._reader().execute(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
-        return [dict(zip(keys, r)) for r in rows]
+        return [dict(zip(cols, r)) for r in rows]
 
 
 _INSERT_POD_STATS = (f"INSERT INTO pod_stats (ts, pod, {', '.join(_STAT_COLS)}) "
