@@ -48,6 +48,9 @@ class FramingError(Exception):
 
 _COMMON_TOKENS = {b"keep-alive": frozenset({b"keep-alive"}), b"close": frozenset({b"close"}),
                   b"upgrade": frozenset({b"upgrade"})}
+# ...and as they are usually spelled, found without lower-casing first.
+_COMMON_TOKENS.update({b"Keep-Alive": _COMMON_TOKENS[b"keep-alive"], b"Close": _COMMON_TOKENS[b"close"],
+                       b"Upgrade": _COMMON_TOKENS[b"upgrade"]})
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:
@@ -68,6 +71,7 @@ class RequestFraming:
     __slots__ = (
         "chunked",
         "content_length",
+        "has_body",
         "has_xff",
         "has_xfp",
         "headers",
@@ -87,10 +91,18 @@ class RequestFraming:
         self.request_id: bytes | None = None   # X-Request-Id as received (kept when present)
         self.has_xff = False
         self.has_xfp = False
+        self.has_body = False           # chunked or Content-Length > 0 (set by check_request)
 
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or self.content_length > 0
+
+# What check_request does with a field, by lower-case name (absent: forwarded as is).
+_HOP, _CONNECTION, _TRANSFER_ENCODING, _UPGRADE = "hop", "connection", "transfer-encoding", "upgrade"
+_CONTENT_LENGTH, _HOST, _REQUEST_ID, _XFF, _XFP = "content-length", "host", "x-request-id", "xff", "xfp"
+_REQUEST_SPECIAL = {name: _HOP for name in HOP_BY_HOP}
+_REQUEST_SPECIAL.update({
+    b"connection": _CONNECTION, b"transfer-encoding": _TRANSFER_ENCODING, b"upgrade": _UPGRADE,
+    b"content-length": _CONTENT_LENGTH, b"host": _HOST, b"x-request-id": _REQUEST_ID,
+    b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP,
+})
 
 
 def check_request(method: bytes, version: str, raw_headers: list[tuple[bytes, bytes]]) -> RequestFraming:
@@ -110,36 +122,42 @@ def check_request(method: bytes, version: str, raw_headers: list[tuple[bytes, by
     conn_tokens: frozenset[bytes] = frozenset()
     te_seen = 0
     out = f.headers
-    for name, value in raw_headers:
+    for field in raw_headers:
+        name, value = field
         if value and value[-1] in (32, 9):  # llhttp keeps trailing OWS; the field value excludes it
             value = value.rstrip(_OWS)
-        low = name.lower()
-        if low in HOP_BY_HOP:
-            if low == b"connection":
-                conn_tokens |= connection_tokens(value)
-            elif low == b"transfer-encoding":
-                te_seen += 1
-                if value.lower() != b"chunked":
-                    raise FramingError(400, "only 'Transfer-Encoding: chunked' is accepted")
-                f.chunked = True
-            elif low == b"upgrade":
-                f.upgrade = value
-            elif low == b"te":
-                pass  # ours to negotiate with the app, not the client's
+            field = (name, value)
+        kind = _REQUEST_SPECIAL.get(name.lower())  # one lookup; most fields are none of these
+        if kind is None:
+            out.append(field)
             continue
-        if low == b"content-length":
+        if kind is _HOP:
+            continue  # te and the like: ours to negotiate with the app, not the client's
+        if kind is _CONNECTION:
+            conn_tokens |= _COMMON_TOKENS.get(value) or connection_tokens(value)
+            continue
+        if kind is _TRANSFER_ENCODING:
+            te_seen += 1
+            if value.lower() != b"chunked":
+                raise FramingError(400, "only 'Transfer-Encoding: chunked' is accepted")
+            f.chunked = True
+            continue
+        if kind is _UPGRADE:
+            f.upgrade = value
+            continue
+        if kind is _CONTENT_LENGTH:
             f.content_length = int(value)  # llhttp has checked the digits and duplicates
-        elif low == b"host":
+        elif kind is _HOST:
             if f.host is not None:
                 raise FramingError(400, "more than one Host header")
             f.host = value
-        elif low == b"x-request-id":
+        elif kind is _REQUEST_ID:
             f.request_id = value
-        elif low == b"x-forwarded-for":
+        elif kind is _XFF:
             f.has_xff = True
-        elif low == b"x-forwarded-proto":
+        else:
             f.has_xfp = True
-        out.append((name, value))
+        out.append(field)
     if te_seen > 1:
         raise FramingError(400, "more than one Transfer-Encoding header")
     if f.chunked and not http11:
@@ -162,7 +180,8 @@ def check_request(method: bytes, version: str, raw_headers: list[tuple[bytes, by
         f.upgrade = None
         if not http11:
             f.keep_alive = False
-    if f.upgrade is not None and (f.chunked or f.content_length > 0):
+    f.has_body = f.chunked or f.content_length > 0
+    if f.upgrade is not None and f.has_body:
         raise FramingError(400, "an Upgrade request must not carry a body")
     return f
 
@@ -194,7 +213,7 @@ def check_response(version: str, status: int, headers: list[tuple[bytes, bytes]]
     upgrade_value = None
     for low, value in hop:
         if low == b"connection":
-            conn_tokens |= connection_tokens(value)
+            conn_tokens |= _COMMON_TOKENS.get(value) or connection_tokens(value)
         elif low == b"transfer-encoding":
             if value.lower() != b"chunked":
                 # We re-frame the body; a coding we do not decode cannot be passed on safely.
@@ -216,8 +235,13 @@ def check_response(version: str, status: int, headers: list[tuple[bytes, bytes]]
     return f
 
 
+_COLON_JOIN = b": ".join
+
+
 def serialize_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join([b"%s: %s\r\n" % kv for kv in headers])
+    if not headers:
+        return b""
+    return b"\r\n".join(map(_COLON_JOIN, headers)) + b"\r\n"  # all in C: no frame per field
 
 
 def error_body(status: int, message: str) -> bytes:

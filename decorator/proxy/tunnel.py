@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import os
 import random
@@ -21,6 +22,7 @@ import httptools
 from decorator.errors import UpstreamError
 from decorator.proxy import http
 from decorator.proxy.hooks import Exchange, Hooks, Reply
+from decorator.proxy.http import _STATUS_LINES
 from decorator.proxy.upstream import UpstreamConnection, UpstreamPool
 from decorator.settings import Limits
 
@@ -28,7 +30,15 @@ log = logging.getLogger("decorator.proxy")
 access_log = logging.getLogger("decorator.access")
 
 _monotonic = time.monotonic
-_getrandbits = random.getrandbits
+_next_id = itertools.count(1).__next__
+# X-Request-Id when the client sent none: 16 random hex digits per process, then a counter; 32 hex
+# digits like nginx's $request_id, unique across restarts and pods without 128 random bits per request.
+_ID_PREFIX = f"{random.getrandbits(64):016x}"
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{_next_id():016x}"
+
 
 # Reading from the client pauses for any of these reasons; it resumes when none is left.
 _P_UPSTREAM = 1      # the app's socket buffer is full (slow app): stop reading the upload
@@ -76,8 +86,8 @@ class _Flow(Exchange):
 
     def __init__(self, method: bytes, url: bytes, version: str, framing: http.RequestFraming | None,
                  client: str, request_id: str) -> None:
-        super().__init__(method.decode("latin-1"), url.decode("latin-1"), version,
-                         framing.headers if framing is not None else [], client, "http", request_id)
+        _exchange_init(self, method.decode("latin-1"), url.decode("latin-1"), version,
+                       framing.headers if framing is not None else [], client, "http", request_id)
         self.framing = framing
         self.hooks: Hooks | None = None
         self.bmethod = method
@@ -102,6 +112,19 @@ class _Flow(Exchange):
         self.up_head = b""
         self.connect_task: asyncio.Task | None = None
         self.done = False
+
+
+class _Discard(list):
+    """Where trailer fields go: they are not forwarded, and an endless trailer must not pile up."""
+
+    def append(self, item: Any) -> None:
+        pass
+
+
+_TRAILERS = _Discard()
+
+
+_exchange_init = Exchange.__init__
 
 
 class _Reject(Exception):
@@ -233,7 +256,6 @@ class ClientConnection(asyncio.Protocol):
         self.head_start = 0.0
         self.in_head = True
         self.head_bytes = 0
-        self.head_exact = 0
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._drain_waiter: asyncio.Future | None = None
@@ -339,9 +361,11 @@ class ClientConnection(asyncio.Protocol):
             self._reject(400, f"malformed request: {e}")
             return
         if self.in_head and self.head_bytes > self.limits.max_header_size:
-            # An unfinished head this big (one endless line defeats the per-header checks): llhttp
-            # would keep buffering it.
-            self._reject(431, "request header block too large")
+            # An unfinished head this big: llhttp would keep going, and we would keep its fields.
+            if len(self._url) > self.limits.max_header_size or not self._headers:
+                self._reject(414, "request target too long")
+            else:
+                self._reject(431, "request header block too large")
             return
         if self.active is None and self.queue:
             self._start_next()
@@ -349,40 +373,42 @@ class ClientConnection(asyncio.Protocol):
             self._flush()
 
     # ------------------------------------------------------------------ httptools callbacks
+    # Size and count limits are checked once per head, not per field: data_received bounds what
+    # an unfinished head may hold (head_bytes), on_headers_complete checks the exact figures.
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.limits.max_header_size:
-            raise _Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.in_head:
-            return  # a trailer field after a chunked body: not forwarded
-        self.head_exact += len(name) + len(value) + 4
-        headers = self._headers
-        headers.append((name, value))
-        if len(headers) > self.limits.max_headers:
-            raise _Reject(431, f"more than {self.limits.max_headers} header fields")
-        if self.head_exact + len(self._url) > self.limits.max_header_size:
-            raise _Reject(431, "request header block too large")
+        self._headers.append((name, value))  # after a chunked body: a trailer, into _TRAILERS
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.head_start = 0.0
+        headers = self._headers
+        url = self._url
+        lim = self.limits
+        if self.head_bytes + len(headers) > lim.max_header_size:
+            # Over the limit by the read sizes (which may include body bytes; a field counts one
+            # byte more below than its shortest form on the wire): count exactly.
+            if len(url) > lim.max_header_size:
+                raise _Reject(414, "request target too long")
+            if len(url) + sum(len(n) + len(v) + 4 for n, v in headers) > lim.max_header_size:
+                raise _Reject(431, "request header block too large")
         self.head_bytes = 0
+        if len(headers) > lim.max_headers:
+            raise _Reject(431, f"more than {lim.max_headers} header fields")
         parser = self.parser
         method = parser.get_method()
         version = parser.get_http_version()
-        framing = http.check_request(method, version, self._headers)  # FramingError -> callback error
-        url = self._url
+        framing = http.check_request(method, version, headers)  # FramingError -> callback error
         # State for the next head is reset here rather than in on_message_begin: one callback less.
         self._url = b""
-        self._headers = []
-        self.head_exact = 0
+        self._headers = _TRAILERS if framing.chunked else []
         if not url.startswith(b"/"):
             url = _origin_form(url, method)
         rid = framing.request_id
         flow = _Flow(method, url, version, framing, self.client,
-                     rid.decode("latin-1") if rid else f"{_getrandbits(128):032x}")
+                     rid.decode("latin-1") if rid else new_request_id())
         if not framing.keep_alive:
             flow.close_after = True
         if not framing.has_body:
@@ -410,6 +436,8 @@ class ClientConnection(asyncio.Protocol):
         flow = self.parsing
         self.parsing = None
         self.in_head = True
+        if self._headers is _TRAILERS:
+            self._headers = []
         if flow is None:
             return
         if flow.framing.has_body:
@@ -571,7 +599,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _write_response_head(self, flow: _Flow, rf: http.ResponseFraming) -> None:
         status = flow.status
-        parts = [http.status_line(status), http.serialize_headers(flow.response_headers)]
+        parts = [_STATUS_LINES.get(status) or http.status_line(status), http.serialize_headers(flow.response_headers)]
         no_body = flow.bmethod == b"HEAD" or status in (204, 304) or status == 101
         client11 = flow.version == "1.1"
         if status == 101:
@@ -614,9 +642,17 @@ class ClientConnection(asyncio.Protocol):
         flow = self.active
         if flow is None or flow.up is None:
             return
-        if not flow.discarding and flow.out_chunked:
-            self.out.append(http.LAST_CHUNK)
         rf = flow.resp
+        if not flow.discarding:
+            if flow.out_chunked:
+                self.out.append(http.LAST_CHUNK)
+            if not flow.replaced and rf is not None and rf.keep_alive and flow.body_done:
+                # The common end of an exchange, without the general paths' checks.
+                conn = flow.up
+                flow.up = None
+                self.server.pool.release(conn)
+                self._finish(flow, reusable=True)
+                return
         self._upstream_done(flow, reusable=rf is not None and rf.keep_alive and flow.body_done)
         self._maybe_finish(flow)
 
@@ -908,7 +944,7 @@ class ClientConnection(asyncio.Protocol):
                     return
                 self._send_error(flow, status, message)
                 return
-            flow = _Flow(b"-", b"-", "1.1", None, self.client, f"{_getrandbits(128):032x}")
+            flow = _Flow(b"-", b"-", "1.1", None, self.client, new_request_id())
             self.queue.append(flow)
         flow.reject = (status, message)
         flow.close_after = True

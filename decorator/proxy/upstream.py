@@ -150,8 +150,10 @@ class UpstreamConnection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if self.owner is not None:
             self.owner.up_headers(self, status, self.parser.get_http_version(), headers, hop, cl)
-        if status < 200 and status != 101:
-            self._in_head = True  # an interim 1xx: the final head follows
+        if status < 200:
+            # An interim 1xx: the final head follows (after a 101, the raw tunnel does). Either
+            # way its on_message_complete is not the end of the exchange.
+            self._in_head = True
 
     def on_body(self, body: bytes) -> None:
         if self._skip_body:
@@ -162,8 +164,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.owner.up_body(body)
 
     def on_message_complete(self) -> None:
-        if self.parser.get_status_code() < 200:
-            return
+        if self._in_head:
+            return  # the end of a 1xx (on_headers_complete set _in_head again)
         if self.owner is not None:
             self.owner.up_complete()
 
@@ -240,7 +242,8 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         conn.owner = None
-        conn.resume_reading()
+        if conn._paused:
+            conn.resume_reading()
         if conn.closed:
             return
         if len(self.idle) >= self.max_idle:
