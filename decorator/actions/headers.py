@@ -62,12 +62,15 @@ class _Compiled:
         self.add = pairs(e.add)
         self.dynamic = any(not t.static for _, _, t in self.set + self.default + self.add)
 
-    def apply(self, headers: Headers, ex: Exchange, rule: str, status: int) -> None:
+    def apply(self, headers: Headers, ex: Exchange, rule: str, status: int) -> Headers:
+        """The edited copy of `headers` (a new list: the tunnel sees an edit by the list's identity)."""
         values = template_values(ex, rule, status) if self.dynamic else None
         if self.remove or self.set:
             drop = set(self.remove)
             drop.update(low for _, low, _ in self.set)
-            headers[:] = [(k, v) for k, v in headers if k.lower() not in drop]
+            headers = [(k, v) for k, v in headers if k.lower() not in drop]
+        else:
+            headers = list(headers)
         for name, _, t in self.set:
             headers.append((name, _value(t, values)))
         if self.default:
@@ -77,6 +80,7 @@ class _Compiled:
                     headers.append((name, _value(t, values)))
         for name, _, t in self.add:
             headers.append((name, _value(t, values)))
+        return headers
 
 
 def _value(t: Template, values: dict | None) -> bytes:
@@ -111,10 +115,13 @@ class HeadersAction(Action):
             self.response = self._edit_response
 
     def _edit_request(self, ex: Exchange) -> None:
-        self._req.apply(ex.request_headers, ex, self.rule.name, 0)
+        ex.request_headers = self._req.apply(ex.request_headers, ex, self.rule.name, 0)
 
     def _edit_response(self, ex: Exchange, reply: Reply | None) -> None:
         if reply is not None:
-            self._resp.apply(reply.headers, ex, self.rule.name, reply.status)
+            edited = self._resp.apply(reply.headers, ex, self.rule.name, reply.status)
+            if ex.response_headers is reply.headers:
+                ex.response_headers = edited  # the exchange shows the reply's headers: keep showing them
+            reply.headers = edited
         elif ex.response_headers is not None:
-            self._resp.apply(ex.response_headers, ex, self.rule.name, ex.status)
+            ex.response_headers = self._resp.apply(ex.response_headers, ex, self.rule.name, ex.status)

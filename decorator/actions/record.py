@@ -7,7 +7,6 @@ and rules.base only; telemetry is reached through the runtime, never imported.
 from __future__ import annotations
 
 from functools import partial
-
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -51,7 +50,13 @@ class Record(Action):
         self._fields = config.fields()
         rec = runtime.recorder if runtime is not None else None
         # Straight to the recorder when there is one: this runs on every exchange it matches.
-        self.complete = partial(rec.record, fields=self._fields) if rec is not None else self._record
+        # (An Aggregator binds the fields itself; any other recorder only needs `record(ex, fields)`.)
+        if rec is None:
+            self.complete = self._record
+        elif hasattr(rec, "recorder"):
+            self.complete = rec.recorder(self._fields)
+        else:
+            self.complete = partial(rec.record, fields=self._fields)
 
     def _record(self, ex: Exchange) -> None:
         rec = self.runtime.recorder

@@ -21,18 +21,6 @@ def header_get(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
-def header_set(headers: Headers, name: bytes, value: bytes) -> None:
-    """Replace every `name` header with one `name: value` (name given in the case to send)."""
-    low = name.lower()
-    headers[:] = [(k, v) for k, v in headers if k.lower() != low]
-    headers.append((name, value))
-
-
-def header_remove(headers: Headers, name: bytes) -> None:
-    low = name.lower()
-    headers[:] = [(k, v) for k, v in headers if k.lower() != low]
-
-
 class Exchange:
     """One request/response pair as the tunnel saw it.
 
@@ -40,6 +28,10 @@ class Exchange:
     the accounting as the exchange goes. Hooks may read everything, may edit
     `request_headers` in `on_request` and `response_headers` in `on_response_head`, and may set
     `route` (the endpoint name used by telemetry) and keep their own data in `state`.
+
+    To edit headers, assign a new list (`ex.request_headers = [...]`): the tunnel notices an edit
+    by the list's identity (or a change of its length), not by comparing every field, and then
+    re-applies its own rules (hop-by-hop fields dropped, framing kept its own).
     """
 
     __slots__ = (
@@ -201,6 +193,15 @@ def _first_reply(fns: list[Callable[[Exchange], Reply | None]]) -> Callable[[Exc
 
 
 def _all(fns: list[Callable[[Exchange], None]]) -> Callable[[Exchange], None]:
+    if len(fns) == 2:
+        # Telemetry plus rules, the usual pair: this runs for every exchange, so no loop.
+        first, second = fns
+
+        def call2(ex: Exchange) -> None:
+            first(ex)
+            second(ex)
+        return call2
+
     def call(ex: Exchange) -> None:
         for fn in fns:
             fn(ex)

@@ -22,7 +22,7 @@ import httptools
 from decorator.errors import UpstreamError
 from decorator.proxy import http
 from decorator.proxy.hooks import Exchange, Hooks, Reply
-from decorator.proxy.http import _STATUS_LINES
+from decorator.proxy.http import _COLON_JOIN, _STATUS_LINES
 from decorator.proxy.upstream import UpstreamConnection, UpstreamPool
 from decorator.settings import Limits
 
@@ -93,7 +93,7 @@ class _Flow(Exchange):
         self.bmethod = method
         self.burl = url
         self.up: UpstreamConnection | None = None
-        self.body_buf: list[bytes] = []
+        self.body_buf: list[bytes] | None = None   # request body held until the app is connected
         self.buffered = 0
         self.body_done = False
         self.forwarding = False
@@ -241,6 +241,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.client = ""
+        self.client_b = b""
         self.closed = False
         self.paused = 0
         self.write_paused = False
@@ -268,6 +269,7 @@ class ClientConnection(asyncio.Protocol):
         srv.stats["connections_total"] += 1
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
+        self.client_b = self.client.encode("latin-1")
         now = _monotonic()
         self.head_start = now
         self.last_read = now
@@ -427,6 +429,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if flow.reply_done or flow.reject is not None:
             return  # answered already: the body is read and dropped
+        if flow.body_buf is None:
+            flow.body_buf = []
         flow.body_buf.append(body)
         flow.buffered += len(body)
         if flow.buffered > _BUFFER_HIGH:
@@ -464,7 +468,8 @@ class ClientConnection(asyncio.Protocol):
             hooks = srv.hooks
             flow.hooks = hooks
             if hooks is not None and hooks.on_request is not None:
-                before = list(flow.request_headers)
+                before = flow.request_headers
+                n_before = len(before)
                 try:
                     reply = hooks.on_request(flow)
                 except Exception:
@@ -473,7 +478,7 @@ class ClientConnection(asyncio.Protocol):
                 if reply is not None:
                     self._send_reply(flow, reply)
                     continue
-                if flow.request_headers != before:
+                if flow.request_headers is not before or len(before) != n_before:
                     _sanitize(flow)
             flow.up_head = self._upstream_head(flow)
             conn = srv.pool.take_idle()
@@ -484,26 +489,27 @@ class ClientConnection(asyncio.Protocol):
             return
 
     def _upstream_head(self, flow: _Flow) -> bytes:
+        """The request head for the app, lines joined once (this runs for every request)."""
         framing = flow.framing
-        client = flow.client.encode("latin-1")
+        lines = [b"%s %s HTTP/1.1" % (flow.bmethod, flow.burl)]
         if not framing.has_xff:
-            parts = [b"%s %s HTTP/1.1\r\n" % (flow.bmethod, flow.burl), http.serialize_headers(flow.request_headers),
-                     b"X-Forwarded-For: %s\r\n" % client]
+            lines += map(_COLON_JOIN, flow.request_headers)
+            lines.append(b"X-Forwarded-For: " + self.client_b)
         else:
             # The received value plus this hop, in place.
-            parts = [b"%s %s HTTP/1.1\r\n" % (flow.bmethod, flow.burl), http.serialize_headers(
-                [(k, v + b", " + client) if k.lower() == b"x-forwarded-for" else (k, v)
-                 for k, v in flow.request_headers])]
+            lines += [b"%s: %s, %s" % (k, v, self.client_b) if k.lower() == b"x-forwarded-for" else b"%s: %s" % (k, v)
+                      for k, v in flow.request_headers]
         if not framing.has_xfp:
-            parts.append(b"X-Forwarded-Proto: http\r\n")
+            lines.append(b"X-Forwarded-Proto: http")
         if framing.request_id is None:
-            parts.append(b"X-Request-Id: %s\r\n" % flow.request_id.encode("latin-1"))
+            lines.append(b"X-Request-Id: " + flow.request_id.encode("latin-1"))
         if framing.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
+            lines.append(b"Transfer-Encoding: chunked")
         if framing.upgrade is not None:
-            parts.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % framing.upgrade)
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            lines.append(b"Connection: Upgrade\r\nUpgrade: " + framing.upgrade)
+        lines.append(b"")
+        lines.append(b"")
+        return b"\r\n".join(lines)
 
     async def _connect(self, flow: _Flow) -> None:
         try:
@@ -534,7 +540,7 @@ class ClientConnection(asyncio.Protocol):
         framing = flow.framing
         if flow.body_buf:
             body = b"".join(flow.body_buf)
-            flow.body_buf = []
+            flow.body_buf = None
             flow.buffered = 0
             data = flow.up_head + (http.chunk(body) if framing.chunked else body)
         else:
@@ -575,7 +581,7 @@ class ClientConnection(asyncio.Protocol):
         hooks = flow.hooks
         if (hooks is not None and hooks.on_response_head is not None
                 and (hooks.response_statuses is None or status in hooks.response_statuses)):
-            before = list(rf.headers)
+            n_before = len(rf.headers)
             try:
                 reply = hooks.on_response_head(flow)
             except Exception:
@@ -589,7 +595,7 @@ class ClientConnection(asyncio.Protocol):
                     self._upstream_done(flow, reusable=rf.keep_alive and flow.body_done)
                     self._maybe_finish(flow)
                 return
-            if flow.response_headers is not rf.headers or rf.headers != before:
+            if flow.response_headers is not rf.headers or len(rf.headers) != n_before:
                 flow.response_headers = [(k, v) for k, v in flow.response_headers
                                          if k.lower() not in http.HOP_BY_HOP]
         self._write_response_head(flow, rf)

@@ -118,12 +118,14 @@ def _always(ex: Exchange) -> bool:
 class _Entry:
     """A rule's handlers in one phase."""
 
-    __slots__ = ("count_hit", "editors", "fns", "name", "order", "repliers", "rule")
+    __slots__ = ("always", "count_hit", "editors", "fns", "matches", "name", "order", "repliers", "rule")
 
     def __init__(self, rule: CompiledRule) -> None:
         self.order = rule.order
         self.rule = rule
         self.name = rule.name
+        self.matches = rule.matches
+        self.always = rule.matches is _always  # no condition left after the dispatch tables
         self.fns: list[tuple[Callable, str]] = []       # request / complete handlers
         self.repliers: list[tuple[Callable, str]] = []  # response phase: may return a Reply
         self.editors: list[tuple[Callable, str]] = []   # response phase: edit headers
@@ -177,6 +179,9 @@ class RuleHooks(Hooks):
         routes = PathIndex((c.path.key, c) for c in live if c.path is not None and c.path.template)
         self._routes = routes.lookup if routes else None
         self._req = Dispatch(req)
+        # The first-segment test for the whole request phase; None when some route template
+        # starts with a parameter ('/{tenant}/...'), which any path may match.
+        self._req_firsts = None if routes.always else self._req.firsts | routes.firsts
         self._resp = _status_table(resp)
         self._resp_editors = _status_table([e for e in resp if e.editors])
         self._done = _status_table(done)
@@ -193,13 +198,21 @@ class RuleHooks(Hooks):
     # -- the three hooks ----------------------------------------------------------------------
     def _on_request(self, ex: Exchange) -> Reply | None:
         path = ex.path
-        if self._routes is not None:
-            for cr in self._routes(path):
-                if cr.path.match(path):
-                    ex.route = cr.path.pattern
-                    break
-        for e in self._req.lookup(ex.method, path):
-            if not e.rule.matches(ex):
+        i = path.find("/", 1)
+        if self._req_firsts is not None and (path if i < 0 else path[:i]) not in self._req_firsts:
+            # No route and no keyed rule starts with this segment: only path-less rules remain.
+            cands = self._req.always_by_method.get(ex.method, self._req.always_other)
+            if not cands:
+                return None
+        else:
+            if self._routes is not None:
+                for cr in self._routes(path):
+                    if cr.path.match(path):
+                        ex.route = cr.path.pattern
+                        break
+            cands = self._req.lookup(ex.method, path)
+        for e in cands:
+            if not (e.always or e.matches(ex)):
                 continue
             if e.count_hit:
                 self._hits[e.name] = self._hits.get(e.name, 0) + 1
@@ -224,7 +237,7 @@ class RuleHooks(Hooks):
         ex.status = reply.status
         ex.response_headers = reply.headers
         for e in _lookup(self._resp_editors, reply.status, ex.method, ex.path):
-            if e.rule.matches(ex):
+            if e.always or e.matches(ex):
                 for fn, action in e.editors:
                     self._call_response(e, fn, action, ex, reply)
         return reply
@@ -233,13 +246,17 @@ class RuleHooks(Hooks):
         st = ex.state
         if st is not None and st.get(_REPLIED):
             return None
-        cands = _lookup(self._resp, ex.status, ex.method, ex.path)
+        status = ex.status
+        d = self._resp[status if 0 <= status < _STATUS_SLOTS else 0]  # _lookup, inlined
+        if d.empty:
+            return None
+        cands = d.lookup(ex.method, ex.path)
         if not cands:
             return None
         reply = None
         edits = None
         for e in cands:
-            if not e.rule.matches(ex):
+            if not (e.always or e.matches(ex)):
                 continue
             if e.count_hit:
                 self._hits[e.name] = self._hits.get(e.name, 0) + 1
@@ -270,8 +287,14 @@ class RuleHooks(Hooks):
         return r
 
     def _on_complete(self, ex: Exchange) -> None:
-        for e in _lookup(self._done, ex.status, ex.method, ex.path):
-            if not e.rule.matches(ex):
+        status = ex.status
+        d = self._done[status if 0 <= status < _STATUS_SLOTS else 0]  # _lookup, inlined: every exchange
+        if d.empty:
+            return
+        # Path-less rules only (timing on every exchange): no lookup frame at all.
+        cands = d.lookup(ex.method, ex.path) if d.firsts else d.always_by_method.get(ex.method, d.always_other)
+        for e in cands:
+            if not (e.always or e.matches(ex)):
                 continue
             if e.count_hit:
                 self._hits[e.name] = self._hits.get(e.name, 0) + 1
@@ -298,20 +321,29 @@ class Dispatch:
     """Entries of one phase by method, then by path head: a request only meets the rules that
     could match its method and path."""
 
-    __slots__ = ("_by_method", "_other", "empty")
+    __slots__ = ("_by_method", "_other", "always_by_method", "always_other", "empty", "firsts")
 
     def __init__(self, entries: list[_Entry]) -> None:
         methods = set()
         for e in entries:
             methods.update(e.rule.methods or ())
         other = PathIndex((e.rule.index_key, e) for e in entries if e.rule.methods is None)
+        by_method = {m: PathIndex((e.rule.index_key, e) for e in entries
+                                  if e.rule.methods is None or m in e.rule.methods)
+                     for m in methods}
         self._other = other.lookup
-        self._by_method = {m: PathIndex((e.rule.index_key, e) for e in entries
-                                        if e.rule.methods is None or m in e.rule.methods).lookup
-                           for m in methods}
+        self._by_method = {m: idx.lookup for m, idx in by_method.items()}
+        # The first-segment test of every index at once: most requests stop here, in this frame.
+        self.firsts = other.firsts.union(*(idx.firsts for idx in by_method.values()))
+        # What a path whose first segment is not in `firsts` gets, by method (else always_other).
+        self.always_by_method = {m: idx.always for m, idx in by_method.items()}
+        self.always_other = other.always
         self.empty = not entries
 
     def lookup(self, method: str, path: str) -> tuple:
+        i = path.find("/", 1)
+        if (path if i < 0 else path[:i]) not in self.firsts:
+            return self.always_by_method.get(method, self.always_other)
         return self._by_method.get(method, self._other)(path)
 
 

@@ -118,6 +118,16 @@ class PathIndex:
 
     __slots__ = ("_always", "_by_key", "_firsts", "_maxlen")
 
+    @property
+    def always(self) -> tuple:
+        """The entries that could match any path."""
+        return self._always
+
+    @property
+    def firsts(self) -> frozenset[str]:
+        """First segments ('/api') of every key: a path whose first segment is not here gets `always`."""
+        return self._firsts
+
     def __init__(self, entries: Iterable[tuple[str | None, Any]]) -> None:
         always: list = []
         by_key: dict[str, list] = {}
