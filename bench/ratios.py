@@ -87,6 +87,12 @@ def targets(rows: dict, soak: dict | None, rules_active: bool = True) -> list[Ta
         ratio(rows, "decorator cpuus/r / nginx cpuus/r", (d, "cpu_us"), ("nginx", "cpu_us"), "<= 1.50",
               lambda r: r <= 1.5),
     ]
+    if "uvloop-pump" in rows:
+        # The floor: CPython + uvloop copying bytes, no HTTP work (bench/floor_pump.py). Info only:
+        # it shows how much of the gap to nginx is there before any request is understood.
+        for what, col in (("req/s", "rps"), ("cpuus/r", "cpu_us")):
+            out.append(ratio(rows, f"uvloop-pump {what} / nginx {what}", ("uvloop-pump", col), ("nginx", col),
+                             "info (floor)", lambda r: None))
     rss = _num(rows, d, "rss_kb")
     # peers.sh reports the peak under load; under 40 MB it also proves the idle target.
     # Above it, only the soak's idle figure can tell, so the row is informative only.

@@ -10,11 +10,12 @@
 #   decorator            no rules
 #   decorator+rules      the three design-card rules (bench/rules/card.yaml)
 #   decorator+100rules   the same plus 100 rules that never match (bench/rules/nomatch100.yaml)
+#   uvloop-pump          bench/floor_pump.py: CPython + uvloop copying bytes with no HTTP work (the floor)
 # then prints bench/ratios.py's table and, unless SOAK=0, bench/rss_soak.py's idle/flat RSS check.
 #
 # Environment (defaults):
 #   PEERS=<repo>/../shared/bench/peers.sh    the shared benchmark script
-#   ROWS="direct nginx haproxy node-ambassador decorator decorator+rules decorator+100rules"
+#   ROWS="direct nginx haproxy node-ambassador uvloop-pump decorator decorator+rules decorator+100rules"
 #         (add mitmproxy proxy.py node-amb+telemetry for those rows; they need SKIP_INSTALL=0)
 #   DURATION=10 REPEATS=3 CONNS=50   forwarded to peers.sh (as are PX_PORT=18080 UP_PORT=18087,
 #         WRK_CPUS/UP_CPUS/PROXY_CPUS with peers.sh's placement: proxy alone on CPU 1)
@@ -35,7 +36,7 @@ REPO=$(cd "$HERE/.." && pwd)
 PEERS=${PEERS:-$HERE/../../shared/bench/peers.sh}
 DECORATOR=${DECORATOR:-$REPO/.venv/bin/decorator}
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
-ROWS=${ROWS:-direct nginx haproxy node-ambassador decorator decorator+rules decorator+100rules}
+ROWS=${ROWS:-direct nginx haproxy node-ambassador uvloop-pump decorator decorator+rules decorator+100rules}
 SOAK=${SOAK:-1}
 SOAK_REQUESTS=${SOAK_REQUESTS:-1000000}
 export DURATION=${DURATION:-10} REPEATS=${REPEATS:-3} CONNS=${CONNS:-50}
@@ -78,6 +79,7 @@ for row in $ROWS; do
     decorator)          DEC_ROWS+=("decorator=$RUN");;
     decorator+rules)    DEC_ROWS+=("decorator+rules=$RUN --rules $CARD");;
     decorator+100rules) DEC_ROWS+=("decorator+100rules=$RUN --rules $NOMATCH $CARD");;
+    uvloop-pump)        DEC_ROWS+=("uvloop-pump=$(q "$PYTHON") $(q "$HERE/floor_pump.py")");;
   esac
 done
 # Fail early, with decorator's own message, when the rule files do not load.
