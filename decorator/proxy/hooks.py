@@ -152,6 +152,18 @@ class Hooks:
     # When set, on_response_head is only called for these statuses (None: for every status). A
     # promise by the hooks that other statuses would get None anyway; it saves a call per response.
     response_statuses: frozenset[int] | None = None
+    # Promises by first path segment ('/api' of '/api/v1/x'; the whole path when it has one
+    # segment). request_heads maps a method (or "*", every other method) to the segments for
+    # which on_request may do anything; response_heads maps a status to the segments for which
+    # on_response_head may. A missing map or a None entry: no promise, always call.
+    request_heads: dict[str, frozenset[str] | None] | None = None
+    response_heads: dict[int, frozenset[str] | None] | None = None
+
+
+def path_head(path: str) -> str:
+    """The first segment of a path, as the head promises use it ('/api/v1' -> '/api')."""
+    i = path.find("/", 1)
+    return path if i < 0 else path[:i]
 
 
 class ChainedHooks(Hooks):
@@ -168,8 +180,26 @@ class ChainedHooks(Hooks):
             self.on_response_head = resp[0] if len(resp) == 1 else _first_reply(resp)
             sets = [p.response_statuses for p in self.parts if p.on_response_head is not None]
             self.response_statuses = None if any(x is None for x in sets) else frozenset().union(*sets)
+            self.response_heads = _merge_heads([p.response_heads for p in self.parts
+                                                if p.on_response_head is not None])
+        if req:
+            self.request_heads = _merge_heads([p.request_heads for p in self.parts if p.on_request is not None])
         if done:
             self.on_complete = done[0] if len(done) == 1 else _all(done)
+
+
+def _merge_heads(maps: list) -> dict | None:
+    """One promise for several parts: a key's segments are the union of the parts' (None if
+    any part makes no promise for it); a key only some parts name falls back to their "*"."""
+    if not maps or any(m is None for m in maps):
+        return None
+    if len(maps) == 1:
+        return maps[0]
+    out: dict = {}
+    for key in set().union(*maps):
+        sets = [m.get(key, m.get("*")) for m in maps]
+        out[key] = None if any(x is None for x in sets) else frozenset().union(*sets)
+    return out
 
 
 def chain(*parts: Hooks | None) -> Hooks | None:

@@ -467,6 +467,15 @@ class ClientConnection(asyncio.Protocol):
                 return
             hooks = srv.hooks
             flow.hooks = hooks
+            if hooks is not None and hooks.request_heads is not None and hooks.on_request is not None:
+                # The hooks' promise (inlined: every request): only these first segments concern them.
+                rh = hooks.request_heads
+                want = rh.get(flow.method, rh.get("*"))
+                if want is not None:
+                    path = flow.path
+                    i = path.find("/", 1)
+                    if (path if i < 0 else path[:i]) not in want:
+                        hooks = None
             if hooks is not None and hooks.on_request is not None:
                 before = flow.request_headers
                 n_before = len(before)
@@ -579,6 +588,13 @@ class ClientConnection(asyncio.Protocol):
         if flow.bmethod == b"HEAD":
             conn.head_done_for_head_request()
         hooks = flow.hooks
+        if hooks is not None and hooks.response_heads is not None:
+            want = hooks.response_heads.get(status)  # the hooks' promise, inlined as for requests
+            if want is not None:
+                path = flow.path
+                i = path.find("/", 1)
+                if (path if i < 0 else path[:i]) not in want:
+                    hooks = None
         if (hooks is not None and hooks.on_response_head is not None
                 and (hooks.response_statuses is None or status in hooks.response_statuses)):
             n_before = len(rf.headers)
@@ -848,7 +864,8 @@ class ClientConnection(asyncio.Protocol):
         hooks = flow.hooks
         flow.discarding = True
         if (hooks is not None and hooks.on_response_head is not None and status >= 500
-                and (hooks.response_statuses is None or status in hooks.response_statuses)):
+                and (hooks.response_statuses is None or status in hooks.response_statuses)
+                and (hooks.response_heads is None or _heads_want(hooks.response_heads, status, flow.path))):
             # Rules may replace the proxy's own 502/504 as they would the app's (a friendly 5xx page).
             flow.status = status
             flow.response_headers = reply.headers
@@ -1027,6 +1044,15 @@ class ClientConnection(asyncio.Protocol):
         if self.write_paused and now - self.write_paused_since > lim.idle_timeout:
             flow.error = "client_too_slow"
             self.abort()
+
+
+def _heads_want(heads: dict, key: Any, path: str) -> bool:
+    """Whether a hook's path-head promise (Hooks.request_heads / response_heads) lets it act here."""
+    want = heads.get(key, heads.get("*"))
+    if want is None:
+        return True
+    i = path.find("/", 1)
+    return (path if i < 0 else path[:i]) in want
 
 
 def _origin_form(url: bytes, method: bytes) -> bytes:

@@ -17,7 +17,7 @@ import jmespath
 
 from decorator.actions.registry import ACTIONS
 from decorator.actions.runtime import Runtime
-from decorator.proxy.hooks import Exchange, Hooks, Reply
+from decorator.proxy.hooks import Exchange, Hooks, Reply, path_head
 from decorator.rules.load import LoadedRule, RuleSet
 from decorator.rules.match import HeaderCheck, PathIndex, PathPattern, exchange_view, regex_key
 from decorator.rules.models import status_codes
@@ -187,11 +187,21 @@ class RuleHooks(Hooks):
         self._done = _status_table(done)
         if req or self._routes is not None:
             self.on_request = self._on_request
+            # Promise the tunnel which first path segments the request phase can act on, so it
+            # skips the call for every other path (no route template starts with a parameter).
+            if not routes.always:
+                self.request_heads = _heads(req, routes.firsts)
         if resp:
             self.on_response_head = self._on_response_head
             # Only statuses some response-phase rule accepts reach the hook (the tunnel checks).
             if all(e.rule.statuses is not None for e in resp):
                 self.response_statuses = frozenset().union(*(e.rule.statuses for e in resp))
+            by_status = {}
+            for status in self.response_statuses or range(_STATUS_SLOTS):
+                h = _heads([e for e in resp if e.rule.statuses is None or status in e.rule.statuses])
+                by_status[status] = None if h is None or "*" not in h or len(h) > 1 else h["*"]
+            if any(v is not None for v in by_status.values()):
+                self.response_heads = by_status
         if done:
             self.on_complete = self._on_complete
 
@@ -291,8 +301,16 @@ class RuleHooks(Hooks):
         d = self._done[status if 0 <= status < _STATUS_SLOTS else 0]  # _lookup, inlined: every exchange
         if d.empty:
             return
-        # Path-less rules only (timing on every exchange): no lookup frame at all.
-        cands = d.lookup(ex.method, ex.path) if d.firsts else d.always_by_method.get(ex.method, d.always_other)
+        # Dispatch.lookup's first-segment test, inlined: path-less rules (timing on every
+        # exchange) are found without a lookup frame.
+        cands = None
+        if d.firsts:
+            path = ex.path
+            i = path.find("/", 1)
+            if (path if i < 0 else path[:i]) in d.firsts:
+                cands = d.lookup(ex.method, path)
+        if cands is None:
+            cands = d.always_by_method.get(ex.method, d.always_other)
         for e in cands:
             if not (e.always or e.matches(ex)):
                 continue
@@ -345,6 +363,26 @@ class Dispatch:
         if (path if i < 0 else path[:i]) not in self.firsts:
             return self.always_by_method.get(method, self.always_other)
         return self._by_method.get(method, self._other)(path)
+
+
+def _heads(entries: list[_Entry], extra: frozenset[str] = frozenset()) -> dict | None:
+    """A Hooks.request_heads-style promise for one phase's entries: method ("*" for every other)
+    -> first path segments some entry is keyed under, or None for a method that has a path-less
+    entry. None when a path-less entry takes every method. Sound because a keyed entry only
+    matches paths that start with its key at a segment boundary (what PathIndex relies on)."""
+    firsts = set(extra)
+    pathless: set[str] = set()
+    for e in entries:
+        key = e.rule.index_key
+        if not key:
+            if e.rule.methods is None:
+                return None
+            pathless |= e.rule.methods
+        else:
+            firsts.add(path_head(key))
+    out: dict[str, frozenset[str] | None] = {"*": frozenset(firsts)}
+    out.update(dict.fromkeys(pathless))
+    return out
 
 
 def _status_table(entries: list[_Entry]) -> list[Dispatch] | None:

@@ -249,3 +249,49 @@ async def test_response_statuses_prefilter(upstream, make_proxy):
     assert only.seen == [404]
     assert chain(only, Recorder()).response_statuses == frozenset({404})
     assert chain(only, Every()).response_statuses is None  # one part wants every status
+
+
+async def test_path_head_promises_skip_hooks_for_other_paths(upstream, make_proxy):
+    """request_heads / response_heads: the tunnel calls a hook only for the first path segments
+    (per method, per status) it promised to care about; chain() merges the promises."""
+    async def handler(seen, writer, reader):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return True
+
+    class Api(Hooks):
+        request_heads = {"*": frozenset({"/api"}), "POST": None}   # every POST, other methods /api only
+        response_heads = {200: frozenset({"/api", "/x"})}
+
+        def __init__(self) -> None:
+            self.requests: list[str] = []
+            self.responses: list[str] = []
+
+        def on_request(self, ex):
+            self.requests.append(f"{ex.method} {ex.path}")
+
+        def on_response_head(self, ex):
+            self.responses.append(ex.path)
+
+    upstream.handler = handler
+    api = Api()
+    px = await make_proxy(upstream.port, hooks=chain(api, Recorder()))
+    for line in (b"GET /api/users/1", b"GET /apix", b"GET /", b"POST /other", b"GET /x", b"GET /api"):
+        req = line + b" HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"
+        assert (await roundtrip(px.port, req)).status == 200
+    assert api.requests == ["GET /api/users/1", "POST /other", "GET /api"]
+    assert api.responses == ["/api/users/1", "/x", "/api"]
+
+    class Every(Hooks):
+        def on_request(self, ex):
+            return None
+
+    class Other(Hooks):
+        request_heads = {"*": frozenset({"/b"}), "GET": frozenset({"/c"})}
+
+        def on_request(self, ex):
+            return None
+
+    assert chain(api, Recorder()).request_heads == Api.request_heads   # Recorder has no on_request
+    assert chain(api, Every()).request_heads is None                     # one part wants every path
+    merged = chain(api, Other()).request_heads
+    assert merged == {"*": frozenset({"/api", "/b"}), "POST": None, "GET": frozenset({"/api", "/c"})}

@@ -254,3 +254,32 @@ def test_response_statuses_promised_only_when_every_response_rule_names_statuses
     anyst.write_text("rules:\n  - name: h\n    headers: {response: {set: {X-Frame-Options: DENY}}}\n")
     hooks, _ = hooks_for(str(anyst))
     assert hooks.on_response_head is not None and hooks.response_statuses is None
+
+
+def test_path_head_promises(tmp_path):
+    """The compiled rules promise the tunnel the first path segments each phase can act on."""
+    keyed = tmp_path / "keyed.yaml"
+    keyed.write_text(
+        "rules:\n"
+        "  - {name: gone, match: {path: /old/**}, respond: {status: 410}}\n"
+        "  - {name: users, match: {path: '/api/v1/users/{id}', status: 200}, headers: {response: {set: {X-U: '1'}}}}\n"
+        "  - {name: posts, match: {path_regex: '^/p-[0-9]+$', method: POST}, respond: {status: 403}}\n"
+        "  - {name: nf, match: {status: 404, method: [GET]}, respond: {body: x}}\n")
+    hooks, _ = hooks_for(str(keyed))
+    # Request phase: /old and the /api route template for every method; POST has a path-less regex rule.
+    assert hooks.request_heads == {"*": frozenset({"/old", "/api"}), "POST": None}
+    # Response phase: 200 only for /api; 404 has a path-less rule (method-specific: no promise).
+    assert hooks.response_heads == {200: frozenset({"/api"}), 404: None}
+    assert hooks.response_statuses == frozenset({200, 404})
+
+    everywhere = tmp_path / "everywhere.yaml"
+    everywhere.write_text("rules:\n  - {name: m, match: {path: /**}, respond: {status: 503}}\n"
+                          "  - {name: h, headers: {response: {set: {X-A: '1'}}}}\n")
+    hooks, _ = hooks_for(str(everywhere))
+    assert hooks.request_heads is None and hooks.response_heads is None  # path-less for every method
+
+    param = tmp_path / "param.yaml"
+    param.write_text("rules:\n  - {name: t, match: {path: '/{tenant}/items'}, record: {timing: true}}\n"
+                     "  - {name: g, match: {path: /old/**}, respond: {status: 410}}\n")
+    hooks, _ = hooks_for(str(param))
+    assert hooks.request_heads is None  # a route template starting with a parameter names any path
