@@ -22,6 +22,7 @@
 #   NA_MIRROR=/tmp/na                node-ambassador tree or git dir (see the hint printed if missing)
 #   SKIP_INSTALL=1                   peers.sh's apt/pip installs off (0 lets it install what is missing)
 #   SOAK=1  SOAK_REQUESTS=1000000    run bench/rss_soak.py after the table
+#   RULES_ROUNDS=3                   interleaved rounds of the three decorator rows for the rules ratios (0: off)
 #   OUT=<peers workdir>/run          where the table, ratios and soak results are written
 #
 # Exit status: 0 when every row ran and every target passed, 1 otherwise, 2 when peers.sh or the
@@ -38,6 +39,7 @@ DECORATOR=${DECORATOR:-$REPO/.venv/bin/decorator}
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 ROWS=${ROWS:-direct nginx haproxy node-ambassador uvloop-pump decorator decorator+rules decorator+100rules}
 SOAK=${SOAK:-1}
+RULES_ROUNDS=${RULES_ROUNDS:-3}
 SOAK_REQUESTS=${SOAK_REQUESTS:-1000000}
 export DURATION=${DURATION:-10} REPEATS=${REPEATS:-3} CONNS=${CONNS:-50}
 export PX_PORT=${PX_PORT:-18080} UP_PORT=${UP_PORT:-18087}
@@ -130,6 +132,21 @@ if [ "$peers_rc" = 2 ] || [ "$peers_rc" = 3 ]; then
   exit 2
 fi
 
+# The rules targets compare rows that ran a minute or more apart, and a shared VM drifts by ±10% in
+# that time. So the three decorator rows also run back to back in RULES_ROUNDS short rounds; the
+# verdict is the median of the per-round ratios (ratios.py --round).
+round_args=()
+RR_ROWS=()
+for spec in "${DEC_ROWS[@]}"; do case ${spec%%=*} in decorator|decorator+rules|decorator+100rules) RR_ROWS+=("$spec");; esac; done
+if [ "${RULES_ROUNDS}" -gt 0 ] && [ "${#RR_ROWS[@]}" -ge 2 ]; then
+  mkdir -p "$OUT/rounds"
+  for r in $(seq "$RULES_ROUNDS"); do
+    say "rules round $r/$RULES_ROUNDS: decorator rows back to back (REPEATS=1)"
+    REPEATS=1 ONLY="decorator decorator+rules decorator+100rules" bash "$PEERS" "${RR_ROWS[@]}" >"$OUT/rounds/peers.$r.txt" 2>&1
+    round_args+=(--round "$OUT/rounds/peers.$r.txt")
+  done
+fi
+
 soak_args=()
 if [ "$SOAK" = 1 ]; then
   say "RSS soak: $SOAK_REQUESTS requests through 'decorator run' (bench/rss_soak.py)"
@@ -139,9 +156,9 @@ fi
 
 echo
 echo "# ratios ($(date -u +%FT%TZ), ${DURATION}s x $REPEATS, -c$CONNS, proxy cpus ${PROXY_CPUS:-1})"
-python3 "$HERE/ratios.py" "$OUT/peers.txt" "${soak_args[@]}" "${RATIO_FLAGS[@]}" | tee "$OUT/ratios.txt"
+python3 "$HERE/ratios.py" "$OUT/peers.txt" "${soak_args[@]}" "${round_args[@]}" "${RATIO_FLAGS[@]}" | tee "$OUT/ratios.txt"
 ratios_rc=${PIPESTATUS[0]}
-python3 "$HERE/ratios.py" "$OUT/peers.txt" "${soak_args[@]}" "${RATIO_FLAGS[@]}" --markdown >"$OUT/ratios.md"
+python3 "$HERE/ratios.py" "$OUT/peers.txt" "${soak_args[@]}" "${round_args[@]}" "${RATIO_FLAGS[@]}" --markdown >"$OUT/ratios.md"
 say "results kept in $OUT (peers.txt, ratios.txt, ratios.md$([ "$SOAK" = 1 ] && echo ", soak.txt, soak.json"))"
 
 [ "$peers_rc" = 0 ] && [ "$ratios_rc" = 0 ] && exit 0
