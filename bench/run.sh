@@ -134,15 +134,19 @@ fi
 
 # The rules targets compare rows that ran a minute or more apart, and a shared VM drifts by ±10% in
 # that time. So the three decorator rows also run back to back in RULES_ROUNDS short rounds; the
-# verdict is the median of the per-round ratios (ratios.py --round).
+# verdict is the median of the per-round ratios (ratios.py --round). The order rotates per round.
 round_args=()
 RR_ROWS=()
 for spec in "${DEC_ROWS[@]}"; do case ${spec%%=*} in decorator|decorator+rules|decorator+100rules) RR_ROWS+=("$spec");; esac; done
 if [ "${RULES_ROUNDS}" -gt 0 ] && [ "${#RR_ROWS[@]}" -ge 2 ]; then
   mkdir -p "$OUT/rounds"
+  n=${#RR_ROWS[@]}
   for r in $(seq "$RULES_ROUNDS"); do
-    say "rules round $r/$RULES_ROUNDS: decorator rows back to back (REPEATS=1)"
-    REPEATS=1 ONLY="decorator decorator+rules decorator+100rules" bash "$PEERS" "${RR_ROWS[@]}" >"$OUT/rounds/peers.$r.txt" 2>&1
+    # Each round starts with a different row, so that no row always runs last (drift shows there).
+    order=()
+    for i in $(seq 0 $((n - 1))); do order+=("${RR_ROWS[$(( (i + r - 1) % n ))]}"); done
+    say "rules round $r/$RULES_ROUNDS: decorator rows back to back (REPEATS=1), first: ${order[0]%%=*}"
+    REPEATS=1 ONLY="decorator decorator+rules decorator+100rules" bash "$PEERS" "${order[@]}" >"$OUT/rounds/peers.$r.txt" 2>&1
     round_args+=(--round "$OUT/rounds/peers.$r.txt")
   done
 fi
