@@ -54,6 +54,9 @@ _COMMON_TOKENS.update({b"Keep-Alive": _COMMON_TOKENS[b"keep-alive"], b"Close": _
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:
+    common = _COMMON_TOKENS.get(value)  # as usually spelled: no lower() needed
+    if common is not None:
+        return common
     low = value.lower()
     common = _COMMON_TOKENS.get(low)  # nearly every Connection header is one of these
     if common is not None:
@@ -134,7 +137,7 @@ def check_request(method: bytes, version: str, raw_headers: list[tuple[bytes, by
         if kind is _HOP:
             continue  # te and the like: ours to negotiate with the app, not the client's
         if kind is _CONNECTION:
-            conn_tokens |= _COMMON_TOKENS.get(value) or connection_tokens(value)
+            conn_tokens |= connection_tokens(value)
             continue
         if kind is _TRANSFER_ENCODING:
             te_seen += 1
@@ -213,7 +216,7 @@ def check_response(version: str, status: int, headers: list[tuple[bytes, bytes]]
     upgrade_value = None
     for low, value in hop:
         if low == b"connection":
-            conn_tokens |= _COMMON_TOKENS.get(value) or connection_tokens(value)
+            conn_tokens |= connection_tokens(value)
         elif low == b"transfer-encoding":
             if value.lower() != b"chunked":
                 # We re-frame the body; a coding we do not decode cannot be passed on safely.

@@ -22,7 +22,6 @@ import httptools
 from decorator.errors import UpstreamError
 from decorator.proxy import http
 from decorator.proxy.hooks import Exchange, Hooks, Reply
-from decorator.proxy.http import _COLON_JOIN, _STATUS_LINES
 from decorator.proxy.upstream import UpstreamConnection, UpstreamPool
 from decorator.settings import Limits
 
@@ -467,16 +466,8 @@ class ClientConnection(asyncio.Protocol):
                 return
             hooks = srv.hooks
             flow.hooks = hooks
-            if hooks is not None and hooks.request_heads is not None and hooks.on_request is not None:
-                # The hooks' promise (inlined: every request): only these first segments concern them.
-                rh = hooks.request_heads
-                want = rh.get(flow.method, rh.get("*"))
-                if want is not None:
-                    path = flow.path
-                    i = path.find("/", 1)
-                    if (path if i < 0 else path[:i]) not in want:
-                        hooks = None
-            if hooks is not None and hooks.on_request is not None:
+            if hooks is not None and hooks.on_request is not None and (
+                    hooks.request_heads is None or _heads_want(hooks.request_heads, flow.method, flow.path)):
                 before = flow.request_headers
                 n_before = len(before)
                 try:
@@ -498,27 +489,25 @@ class ClientConnection(asyncio.Protocol):
             return
 
     def _upstream_head(self, flow: _Flow) -> bytes:
-        """The request head for the app, lines joined once (this runs for every request)."""
+        """The request head for the app: the client's fields, then this hop's, serialised once."""
         framing = flow.framing
-        lines = [b"%s %s HTTP/1.1" % (flow.bmethod, flow.burl)]
+        headers = flow.request_headers
+        extra = []
         if not framing.has_xff:
-            lines += map(_COLON_JOIN, flow.request_headers)
-            lines.append(b"X-Forwarded-For: " + self.client_b)
+            extra.append((b"X-Forwarded-For", self.client_b))
         else:
             # The received value plus this hop, in place.
-            lines += [b"%s: %s, %s" % (k, v, self.client_b) if k.lower() == b"x-forwarded-for" else b"%s: %s" % (k, v)
-                      for k, v in flow.request_headers]
+            headers = [(k, v + b", " + self.client_b) if k.lower() == b"x-forwarded-for" else (k, v)
+                       for k, v in headers]
         if not framing.has_xfp:
-            lines.append(b"X-Forwarded-Proto: http")
+            extra.append((b"X-Forwarded-Proto", b"http"))
         if framing.request_id is None:
-            lines.append(b"X-Request-Id: " + flow.request_id.encode("latin-1"))
+            extra.append((b"X-Request-Id", flow.request_id.encode("latin-1")))
         if framing.chunked:
-            lines.append(b"Transfer-Encoding: chunked")
+            extra.append((b"Transfer-Encoding", b"chunked"))
         if framing.upgrade is not None:
-            lines.append(b"Connection: Upgrade\r\nUpgrade: " + framing.upgrade)
-        lines.append(b"")
-        lines.append(b"")
-        return b"\r\n".join(lines)
+            extra += [(b"Connection", b"Upgrade"), (b"Upgrade", framing.upgrade)]
+        return b"%s %s HTTP/1.1\r\n%s\r\n" % (flow.bmethod, flow.burl, http.serialize_headers(headers + extra))
 
     async def _connect(self, flow: _Flow) -> None:
         try:
@@ -588,15 +577,9 @@ class ClientConnection(asyncio.Protocol):
         if flow.bmethod == b"HEAD":
             conn.head_done_for_head_request()
         hooks = flow.hooks
-        if hooks is not None and hooks.response_heads is not None:
-            want = hooks.response_heads.get(status)  # the hooks' promise, inlined as for requests
-            if want is not None:
-                path = flow.path
-                i = path.find("/", 1)
-                if (path if i < 0 else path[:i]) not in want:
-                    hooks = None
         if (hooks is not None and hooks.on_response_head is not None
-                and (hooks.response_statuses is None or status in hooks.response_statuses)):
+                and (hooks.response_statuses is None or status in hooks.response_statuses)
+                and (hooks.response_heads is None or _heads_want(hooks.response_heads, status, flow.path))):
             n_before = len(rf.headers)
             try:
                 reply = hooks.on_response_head(flow)
@@ -621,7 +604,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _write_response_head(self, flow: _Flow, rf: http.ResponseFraming) -> None:
         status = flow.status
-        parts = [_STATUS_LINES.get(status) or http.status_line(status), http.serialize_headers(flow.response_headers)]
+        parts = [http.status_line(status), http.serialize_headers(flow.response_headers)]
         no_body = flow.bmethod == b"HEAD" or status in (204, 304) or status == 101
         client11 = flow.version == "1.1"
         if status == 101:
@@ -1051,7 +1034,7 @@ def _heads_want(heads: dict, key: Any, path: str) -> bool:
     want = heads.get(key, heads.get("*"))
     if want is None:
         return True
-    i = path.find("/", 1)
+    i = path.find("/", 1)  # hooks.path_head(path), without a second call per exchange
     return (path if i < 0 else path[:i]) in want
 
 

@@ -179,9 +179,6 @@ class RuleHooks(Hooks):
         routes = PathIndex((c.path.key, c) for c in live if c.path is not None and c.path.template)
         self._routes = routes.lookup if routes else None
         self._req = Dispatch(req)
-        # The first-segment test for the whole request phase; None when some route template
-        # starts with a parameter ('/{tenant}/...'), which any path may match.
-        self._req_firsts = None if routes.always else self._req.firsts | routes.firsts
         self._resp = _status_table(resp)
         self._resp_editors = _status_table([e for e in resp if e.editors])
         self._done = _status_table(done)
@@ -208,20 +205,12 @@ class RuleHooks(Hooks):
     # -- the three hooks ----------------------------------------------------------------------
     def _on_request(self, ex: Exchange) -> Reply | None:
         path = ex.path
-        i = path.find("/", 1)
-        if self._req_firsts is not None and (path if i < 0 else path[:i]) not in self._req_firsts:
-            # No route and no keyed rule starts with this segment: only path-less rules remain.
-            cands = self._req.always_by_method.get(ex.method, self._req.always_other)
-            if not cands:
-                return None
-        else:
-            if self._routes is not None:
-                for cr in self._routes(path):
-                    if cr.path.match(path):
-                        ex.route = cr.path.pattern
-                        break
-            cands = self._req.lookup(ex.method, path)
-        for e in cands:
+        if self._routes is not None:
+            for cr in self._routes(path):
+                if cr.path.match(path):
+                    ex.route = cr.path.pattern
+                    break
+        for e in self._req.lookup(ex.method, path):
             if not (e.always or e.matches(ex)):
                 continue
             if e.count_hit:
@@ -301,16 +290,8 @@ class RuleHooks(Hooks):
         d = self._done[status if 0 <= status < _STATUS_SLOTS else 0]  # _lookup, inlined: every exchange
         if d.empty:
             return
-        # Dispatch.lookup's first-segment test, inlined: path-less rules (timing on every
-        # exchange) are found without a lookup frame.
-        cands = None
-        if d.firsts:
-            path = ex.path
-            i = path.find("/", 1)
-            if (path if i < 0 else path[:i]) in d.firsts:
-                cands = d.lookup(ex.method, path)
-        if cands is None:
-            cands = d.always_by_method.get(ex.method, d.always_other)
+        # Only path-less rules here (timing on every exchange): found without a lookup call.
+        cands = d.lookup(ex.method, ex.path) if d.firsts else d.always_by_method.get(ex.method, d.always_other)
         for e in cands:
             if not (e.always or e.matches(ex)):
                 continue
