@@ -1,13 +1,17 @@
-"""The contract between the tunnel and whatever decorates it: Exchange, Reply and Hooks.
+"""The contract between the tunnel and whatever decorates it: Exchange, Reply, Hooks, Interest, chain().
 
-Owns the per-exchange record the tunnel fills in and the three hook points it calls.
-Must not import rules, actions, telemetry or pydantic: the proxy knows nothing of them.
+Owns the per-exchange record hooks see, the three hook points and which exchanges each wants, and
+how several Hooks run as one (each part isolated). Must not import rules, actions, telemetry or pydantic.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+log = logging.getLogger("decorator.proxy")
 
 # Header lists are kept as on the wire: (name as sent, value), in order, duplicates kept.
 Headers = list[tuple[bytes, bytes]]
@@ -21,17 +25,21 @@ def header_get(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
+def first_segment(path: str) -> str:
+    """The first segment of a path, as Interest uses it ('/api/v1' -> '/api'; '/x' -> '/x')."""
+    i = path.find("/", 1)
+    return path if i < 0 else path[:i]
+
+
 class Exchange:
     """One request/response pair as the tunnel saw it.
 
-    The tunnel creates it when a request head is complete, and fills the response side and
-    the accounting as the exchange goes. Hooks may read everything, may edit
-    `request_headers` in `on_request` and `response_headers` in `on_response_head`, and may set
-    `route` (the endpoint name used by telemetry) and keep their own data in `state`.
-
-    To edit headers, assign a new list (`ex.request_headers = [...]`): the tunnel notices an edit
-    by the list's identity (or a change of its length), not by comparing every field, and then
-    re-applies its own rules (hop-by-hop fields dropped, framing kept its own).
+    The tunnel creates it when a request head is complete and fills in the response side and the
+    accounting as the exchange goes. Hooks may read everything, may edit `request_headers` in
+    `on_request` and `response_headers` in `on_response_head` (in place or by assigning a new list:
+    the tunnel re-applies its own rules to whatever a hook was given, so a hop-by-hop or framing
+    field a hook adds never reaches the other side), may set `route` (the endpoint name telemetry
+    uses) and keep their own data in `state`.
     """
 
     __slots__ = (
@@ -42,7 +50,6 @@ class Exchange:
         "method",
         "path",
         "query",
-        "reason",
         "replaced",
         "request_headers",
         "request_id",
@@ -72,9 +79,8 @@ class Exchange:
         self.scheme = scheme
         self.request_id = request_id
         self.status = 0                      # final status sent to the client; 0 until known
-        self.reason = ""
         self.response_headers: Headers | None = None
-        self.replaced = False                # True when a hook or the proxy answered instead of the app
+        self.replaced = False                # True when a hook or the sidecar answered instead of the app
         self.bytes_in = 0                    # request body bytes read from the client
         self.bytes_out = 0                   # response body bytes written to the client
         self.t_start = time.monotonic()      # request head complete
@@ -111,8 +117,8 @@ class Reply:
     """A response a hook sends instead of the app's.
 
     `body` is sent as is; when `file` is set the tunnel streams that file instead (its size
-    gives Content-Length, read in chunks, never whole). `headers` must not carry framing
-    headers (Content-Length/Transfer-Encoding/Connection): the tunnel frames the reply itself.
+    gives Content-Length, read in chunks, never whole). Framing headers in `headers`
+    (Content-Length, Transfer-Encoding, Connection...) are dropped: the tunnel frames replies itself.
     """
 
     __slots__ = ("body", "file", "headers", "reason", "status")
@@ -126,80 +132,179 @@ class Reply:
         self.file = file
 
 
+_NOT_NAMED = object()
+
+
+class Interest:
+    """Which exchanges a hook may act on, so the tunnel skips the call for every other one.
+
+    `by_key` maps a key (the method for the request phase, the status for the response phase) to
+    the first path segments the hook may act on there, or None for every path. `"*"` stands for
+    every key not named; a key neither named nor covered by `"*"` is not wanted at all.
+    """
+
+    __slots__ = ("by_key",)
+
+    def __init__(self, by_key: dict[Any, frozenset[str] | None]) -> None:
+        self.by_key = by_key
+
+    def wants(self, key: Any, path: str) -> bool:
+        segments = self.by_key.get(key, _NOT_NAMED)
+        if segments is _NOT_NAMED:
+            segments = self.by_key.get("*", _NOT_NAMED)
+            if segments is _NOT_NAMED:
+                return False
+        if segments is None:
+            return True
+        i = path.find("/", 1)  # first_segment(path), inline: this runs for every exchange
+        return (path if i < 0 else path[:i]) in segments
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Interest) and other.by_key == self.by_key
+
+    def __repr__(self) -> str:
+        return f"Interest({self.by_key!r})"
+
+
+def merge_interests(interests: list[Interest | None]) -> Interest | None:
+    """One Interest for several parts: wanted where any part wants it; None (everything) when
+    any part makes no promise."""
+    if not interests or any(i is None for i in interests):
+        return None
+    if len(interests) == 1:
+        return interests[0]
+    keys = set().union(*(i.by_key for i in interests))  # type: ignore[union-attr]
+    out: dict[Any, frozenset[str] | None] = {}
+    for key in keys:
+        sets = [i.by_key.get(key, i.by_key.get("*", frozenset())) for i in interests]  # type: ignore[union-attr]
+        out[key] = None if any(s is None for s in sets) else frozenset().union(*sets)
+    return Interest(out)
+
+
+# What a request-phase hook may return: a Reply, None, or an awaitable of either (work that waits,
+# such as asking an auth service; the tunnel holds the exchange until it resolves).
+RequestResult = "Reply | None | Awaitable[Reply | None]"
+
+
 class Hooks:
     """What the tunnel calls; subclass and set what you need, leave the rest None.
 
-    All three are plain synchronous callables run on the event loop: they must not block.
-    Work that waits (webhooks, pushes) is queued to a task by the hook itself.
-
-    on_request(ex) -> Reply | None
+    on_request(ex) -> Reply | None | Awaitable[Reply | None]
         the request head is complete, before the app is called; a Reply answers directly.
+        Return an awaitable only for work that must wait; the tunnel then runs it as a task.
     on_response_head(ex) -> Reply | None
-        the app's response head is known (ex.status, ex.response_headers); a Reply replaces
-        the app's response (its body is discarded).
+        the response head is known (ex.status, ex.response_headers): the app's, or the sidecar's
+        own 502/504; a Reply replaces it (the app's body is read and dropped).
     on_complete(ex) -> None
-        the exchange is over (also after errors: ex.error says why); ex.status is what the
-        client got.
+        the exchange is over (also after errors: ex.error says why); ex.status is what the client got.
 
-    A hook that raises is logged and counted by the tunnel; the exchange goes on as if the hook
-    had returned None. The tunnel takes the Hooks object once per exchange, so swapping
-    `Server.hooks` (a reload) never changes an exchange in flight.
+    Hooks are plain synchronous callables run on the event loop: they must not block. A hook
+    that raises is logged and counted by the tunnel; the exchange goes on as if it had returned
+    None. The tunnel takes the Hooks object once per exchange, so swapping `ProxyServer.hooks`
+    (a reload) never changes an exchange in flight.
+
+    request_interest / response_interest (None: every exchange) say which exchanges the
+    hook may act on; the tunnel calls the hook for no other one.
     """
 
-    on_request: Callable[[Exchange], Reply | None] | None = None
+    on_request: Callable[[Exchange], Any] | None = None
     on_response_head: Callable[[Exchange], Reply | None] | None = None
     on_complete: Callable[[Exchange], None] | None = None
-    # When set, on_response_head is only called for these statuses (None: for every status). A
-    # promise by the hooks that other statuses would get None anyway; it saves a call per response.
-    response_statuses: frozenset[int] | None = None
-    # Promises by first path segment ('/api' of '/api/v1/x'; the whole path when it has one
-    # segment). request_heads maps a method (or "*", every other method) to the segments for
-    # which on_request may do anything; response_heads maps a status to the segments for which
-    # on_response_head may. A missing map or a None entry: no promise, always call.
-    request_heads: dict[str, frozenset[str] | None] | None = None
-    response_heads: dict[int, frozenset[str] | None] | None = None
+    request_interest: Interest | None = None
+    response_interest: Interest | None = None
 
 
-def path_head(path: str) -> str:
-    """The first segment of a path, as the head promises use it ('/api/v1' -> '/api')."""
-    i = path.find("/", 1)
-    return path if i < 0 else path[:i]
+def hook_name(fn: Any) -> str:
+    """A hook's name for logs: the bound object's class and method ('TelemetryHooks.observe')."""
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 class ChainedHooks(Hooks):
-    """Several Hooks as one: request/response hooks in order until one replies; every completion hook."""
+    """Several Hooks as one: request and response hooks in order until one replies, every
+    completion hook. Each part is isolated: a part that raises is reported through `on_error`
+    (the tunnel logs it under the part's name and counts it) and the next parts still run."""
 
     def __init__(self, parts: Iterable[Hooks]) -> None:
         self.parts = [p for p in parts if p is not None]
-        req = [p.on_request for p in self.parts if p.on_request is not None]
-        resp = [p.on_response_head for p in self.parts if p.on_response_head is not None]
+        self.on_error: Callable[[Any, Exchange], None] = _log_failure
+        req = [(p.on_request, p.request_interest) for p in self.parts if p.on_request is not None]
+        resp = [(p.on_response_head, p.response_interest) for p in self.parts if p.on_response_head is not None]
         done = [p.on_complete for p in self.parts if p.on_complete is not None]
         if req:
-            self.on_request = req[0] if len(req) == 1 else _first_reply(req)
+            self._req = tuple(req)
+            self.on_request = self._on_request
+            self.request_interest = merge_interests([i for _, i in req])
         if resp:
-            self.on_response_head = resp[0] if len(resp) == 1 else _first_reply(resp)
-            sets = [p.response_statuses for p in self.parts if p.on_response_head is not None]
-            self.response_statuses = None if any(x is None for x in sets) else frozenset().union(*sets)
-            self.response_heads = _merge_heads([p.response_heads for p in self.parts
-                                                if p.on_response_head is not None])
-        if req:
-            self.request_heads = _merge_heads([p.request_heads for p in self.parts if p.on_request is not None])
+            self._resp = tuple(resp)
+            self.on_response_head = self._on_response_head
+            self.response_interest = merge_interests([i for _, i in resp])
         if done:
-            self.on_complete = done[0] if len(done) == 1 else _all(done)
+            self._done = tuple(done)
+            self.on_complete = self._on_complete
 
-
-def _merge_heads(maps: list) -> dict | None:
-    """One promise for several parts: a key's segments are the union of the parts' (None if
-    any part makes no promise for it); a key only some parts name falls back to their "*"."""
-    if not maps or any(m is None for m in maps):
+    def _on_request(self, ex: Exchange) -> Any:
+        parts = self._req
+        for n, (fn, interest) in enumerate(parts):
+            if interest is not None and not interest.wants(ex.method, ex.path):
+                continue
+            try:
+                r = fn(ex)
+            except Exception:
+                self.on_error(fn, ex)
+                continue
+            if r is not None:
+                if type(r) is Reply:
+                    return r
+                return self._await_rest(r, fn, n + 1, ex)
         return None
-    if len(maps) == 1:
-        return maps[0]
-    out: dict = {}
-    for key in set().union(*maps):
-        sets = [m.get(key, m.get("*")) for m in maps]
-        out[key] = None if any(x is None for x in sets) else frozenset().union(*sets)
-    return out
+
+    async def _await_rest(self, pending: Awaitable, fn: Any, start: int, ex: Exchange) -> Reply | None:
+        """A part answered with an awaitable: wait for it, then run the parts after it."""
+        try:
+            r = await pending
+        except Exception:
+            self.on_error(fn, ex)
+            r = None
+        if r is not None:
+            return r
+        for fn2, interest in self._req[start:]:
+            if interest is not None and not interest.wants(ex.method, ex.path):
+                continue
+            try:
+                r = fn2(ex)
+                if r is not None and type(r) is not Reply:
+                    r = await r
+            except Exception:
+                self.on_error(fn2, ex)
+                continue
+            if r is not None:
+                return r
+        return None
+
+    def _on_response_head(self, ex: Exchange) -> Reply | None:
+        for fn, interest in self._resp:
+            if interest is not None and not interest.wants(ex.status, ex.path):
+                continue
+            try:
+                r = fn(ex)
+            except Exception:
+                self.on_error(fn, ex)
+                continue
+            if r is not None:
+                return r
+        return None
+
+    def _on_complete(self, ex: Exchange) -> None:
+        for fn in self._done:
+            try:
+                fn(ex)
+            except Exception:
+                self.on_error(fn, ex)
+
+
+def _log_failure(fn: Any, ex: Exchange) -> None:
+    log.exception("hook %s failed for %s %s (request %s); continuing without it",
+                  hook_name(fn), ex.method, ex.target, ex.request_id)
 
 
 def chain(*parts: Hooks | None) -> Hooks | None:
@@ -210,29 +315,3 @@ def chain(*parts: Hooks | None) -> Hooks | None:
     if len(live) == 1:
         return live[0]
     return ChainedHooks(live)
-
-
-def _first_reply(fns: list[Callable[[Exchange], Reply | None]]) -> Callable[[Exchange], Reply | None]:
-    def call(ex: Exchange) -> Reply | None:
-        for fn in fns:
-            r = fn(ex)
-            if r is not None:
-                return r
-        return None
-    return call
-
-
-def _all(fns: list[Callable[[Exchange], None]]) -> Callable[[Exchange], None]:
-    if len(fns) == 2:
-        # Telemetry plus rules, the usual pair: this runs for every exchange, so no loop.
-        first, second = fns
-
-        def call2(ex: Exchange) -> None:
-            first(ex)
-            second(ex)
-        return call2
-
-    def call(ex: Exchange) -> None:
-        for fn in fns:
-            fn(ex)
-    return call

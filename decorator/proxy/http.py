@@ -192,26 +192,29 @@ def check_request(method: bytes, version: str, raw_headers: list[tuple[bytes, by
 class ResponseFraming:
     """What the app's response head says: body framing and the headers to pass to the client."""
 
-    __slots__ = ("chunked", "content_length", "headers", "keep_alive", "upgrade")
+    __slots__ = ("chunked", "content_length", "headers", "keep_alive")
 
     def __init__(self) -> None:
         self.chunked = False
         self.content_length = -1
         self.keep_alive = True
         self.headers: list[tuple[bytes, bytes]] = []
-        self.upgrade = False
 
 
-def check_response(version: str, status: int, headers: list[tuple[bytes, bytes]],
+def check_response(keep_alive: bool, status: int, headers: list[tuple[bytes, bytes]],
                    hop: list[tuple[bytes, bytes]], content_length: int) -> ResponseFraming:
     """Framing of the app's response from its hop-by-hop fields (split off while parsing).
 
+    `keep_alive` is the parser's verdict (version, Connection: close, close-framed body);
     `headers` are the fields to pass on (already without hop-by-hop ones), `hop` the
     (lower-cased name, value) pairs of Connection, Transfer-Encoding, Upgrade, Keep-Alive...
     """
     f = ResponseFraming()
     f.headers = headers
     f.content_length = content_length
+    f.keep_alive = keep_alive
+    if not hop:
+        return f
     conn_tokens: frozenset[bytes] = frozenset()
     upgrade_value = None
     for low, value in hop:
@@ -230,10 +233,7 @@ def check_response(version: str, status: int, headers: list[tuple[bytes, bytes]]
         named = conn_tokens - _CONNECTION_OPTIONS
         if named:
             f.headers = [(n, v) for n, v in headers if n.lower() not in named]
-    if version != "1.1" and b"keep-alive" not in conn_tokens:
-        f.keep_alive = False
     if status == 101 and upgrade_value is not None:
-        f.upgrade = True
         f.headers.append((b"Upgrade", upgrade_value))
     return f
 
@@ -245,24 +245,6 @@ def serialize_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
     if not headers:
         return b""
     return b"\r\n".join(map(_COLON_JOIN, headers)) + b"\r\n"  # all in C: no frame per field
-
-
-def error_body(status: int, message: str) -> bytes:
-    return b"%d %s\n%s\n" % (status, REASONS.get(status, b""), message.encode("utf-8", "replace"))
-
-
-def simple_response(status: int, message: str, close: bool = True,
-                    extra: list[tuple[bytes, bytes]] | None = None) -> bytes:
-    """A complete small response the proxy itself sends (errors, limits)."""
-    body = error_body(status, message)
-    head = [status_line(status), b"Content-Type: text/plain; charset=utf-8\r\n",
-            b"Content-Length: %d\r\n" % len(body)]
-    if extra:
-        head.append(serialize_headers(extra))
-    if close:
-        head.append(b"Connection: close\r\n")
-    head.append(b"\r\n")
-    return b"".join(head) + body
 
 
 def chunk(data: bytes) -> bytes:

@@ -1,9 +1,10 @@
-"""The tunnel: accepts clients, parses their requests, forwards them to the app and streams answers back.
+"""The tunnel: the listening server and the client connection protocol.
 
-Owns the client-side protocol, the exchange lifecycle (request -> hooks -> upstream -> hooks -> client),
-pipelining, back-pressure in both directions, timeouts, Upgrade tunnels and graceful drain.
-httptools callbacks only record; forwarding starts after feed_data returns (llhttp reports some
-framing errors after on_headers_complete). Must not import rules, actions or telemetry.
+Owns accepting clients, parsing their requests (httptools callbacks only record), the pipelining
+queue, flow control in both directions, timeouts, Upgrade tunnels, linger-close after errors and
+graceful drain. Each parsed request becomes a Flow (exchange.py), which does the rest. Forwarding
+starts after feed_data returns (llhttp reports some framing errors after on_headers_complete).
+Must not import rules, actions or telemetry.
 """
 
 from __future__ import annotations
@@ -12,18 +13,17 @@ import asyncio
 import collections
 import itertools
 import logging
-import os
 import random
 import time
 from typing import Any
 
 import httptools
 
-from decorator.errors import UpstreamError
-from decorator.proxy import http
-from decorator.proxy.hooks import Exchange, Hooks, Reply
+from decorator.proxy import http, replies
+from decorator.proxy.exchange import REQ_DONE, RESP_NONE, RESP_REPLY, Flow
+from decorator.proxy.hooks import ChainedHooks, Exchange, Hooks, hook_name
+from decorator.proxy.limits import Limits
 from decorator.proxy.upstream import UpstreamConnection, UpstreamPool
-from decorator.settings import Limits
 
 log = logging.getLogger("decorator.proxy")
 access_log = logging.getLogger("decorator.access")
@@ -46,71 +46,7 @@ _P_PIPELINE = 4      # too many pipelined requests waiting
 _P_UPGRADE = 8       # upgrade requested: wait for the app's 101
 _P_REJECTED = 16     # the stream is unrecoverable; answer what came before, then close
 
-_BUFFER_HIGH = 256 * 1024          # request body bytes held before the app is connected
 _PIPELINE_MAX = 16                 # requests queued behind the one in flight
-_DISCARD_MAX = 1024 * 1024         # app body bytes we read and drop after a Reply replaced it
-_FILE_CHUNK = 256 * 1024
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-
-
-class _Flow(Exchange):
-    """An Exchange plus the tunnel's own bookkeeping for it."""
-
-    __slots__ = (
-        "bmethod",
-        "body_buf",
-        "body_done",
-        "buffered",
-        "burl",
-        "close_after",
-        "connect_task",
-        "discarded",
-        "discarding",
-        "done",
-        "forwarding",
-        "framing",
-        "head_sent",
-        "hooks",
-        "out_chunked",
-        "reject",
-        "reply_done",
-        "resp",
-        "retried",
-        "t_last_up",
-        "t_sent",
-        "up",
-        "up_head",
-        "upgrade_buf",
-    )
-
-    def __init__(self, method: bytes, url: bytes, version: str, framing: http.RequestFraming | None,
-                 client: str, request_id: str) -> None:
-        _exchange_init(self, method.decode("latin-1"), url.decode("latin-1"), version,
-                       framing.headers if framing is not None else [], client, "http", request_id)
-        self.framing = framing
-        self.hooks: Hooks | None = None
-        self.bmethod = method
-        self.burl = url
-        self.up: UpstreamConnection | None = None
-        self.body_buf: list[bytes] | None = None   # request body held until the app is connected
-        self.buffered = 0
-        self.body_done = False
-        self.forwarding = False
-        self.t_sent = 0.0
-        self.t_last_up = 0.0
-        self.resp: http.ResponseFraming | None = None
-        self.out_chunked = False
-        self.close_after = False
-        self.discarding = False
-        self.discarded = 0
-        self.reply_done = False
-        self.head_sent = False
-        self.reject: tuple[int, str] | None = None
-        self.upgrade_buf = b""
-        self.retried = False
-        self.up_head = b""
-        self.connect_task: asyncio.Task | None = None
-        self.done = False
 
 
 class _Discard(list):
@@ -121,9 +57,6 @@ class _Discard(list):
 
 
 _TRAILERS = _Discard()
-
-
-_exchange_init = Exchange.__init__
 
 
 class _Reject(Exception):
@@ -137,14 +70,17 @@ class _Reject(Exception):
 class ProxyServer:
     """Listens for clients and forwards to one app. `hooks` may be swapped at any time (reload)."""
 
-    def __init__(self, target: tuple[str, int], limits: Limits | None = None, hooks: Hooks | None = None,
+    def __init__(self, target: tuple[str, int] | None, limits: Limits | None = None, hooks: Hooks | None = None,
                  access_log: bool = False) -> None:
+        """`target` None: no app behind this server (the admin port); what no hook answers gets 404."""
         self.limits = limits or Limits()
+        self._hooks: Hooks | None = None
         self.hooks = hooks
         self.access_log = access_log
         self.target = target
         self.pool = UpstreamPool(target[0], target[1], self.limits.connect_timeout,
-                                 self.limits.max_idle_upstream, self.limits.upstream_idle_timeout)
+                                 self.limits.max_idle_upstream, self.limits.upstream_idle_timeout
+                                 ) if target is not None else None
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.port = 0
@@ -153,12 +89,23 @@ class ProxyServer:
                       "replies": 0}
         self._server: asyncio.AbstractServer | None = None
         self._ticker: asyncio.Task | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.idle = asyncio.Event()  # set while no client connection is open (drain waits on it)
+        self.idle.set()
+
+    @property
+    def hooks(self) -> Hooks | None:
+        return self._hooks
+
+    @hooks.setter
+    def hooks(self, hooks: Hooks | None) -> None:
+        # One assignment: exchanges in flight keep the Hooks object they started with.
+        if isinstance(hooks, ChainedHooks):
+            hooks.on_error = self.hook_failed  # a failing part is logged by name and counted here
+        self._hooks = hooks
 
     @property
     def upstream_stats(self) -> dict[str, int]:
-        return self.pool.stats
+        return self.pool.stats if self.pool is not None else {}
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, sock: Any = None) -> None:
         loop = asyncio.get_running_loop()
@@ -179,12 +126,13 @@ class ProxyServer:
             now = _monotonic()
             for conn in list(self.connections):
                 conn.check_timeouts(now)
-            self.pool.sweep(now)
+            if self.pool is not None:
+                self.pool.sweep(now)
 
-    def _connection_closed(self, conn: ClientConnection) -> None:
+    def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
         if not self.connections:
-            self._idle.set()
+            self.idle.set()
 
     async def shutdown(self, drain_timeout: float = 15.0) -> bool:
         """Stop accepting, let in-flight exchanges finish (bounded), then close everything.
@@ -198,9 +146,9 @@ class ProxyServer:
             conn.drain()
         clean = True
         if self.connections:
-            self._idle.clear()
+            self.idle.clear()
             try:
-                await asyncio.wait_for(self._idle.wait(), drain_timeout)
+                await asyncio.wait_for(self.idle.wait(), drain_timeout)
             except TimeoutError:
                 clean = False
                 log.warning("drain timeout (%.1fs): closing %d connection(s) with exchanges in flight",
@@ -209,7 +157,8 @@ class ProxyServer:
                     conn.abort()
         if self._ticker is not None:
             self._ticker.cancel()
-        self.pool.close()
+        if self.pool is not None:
+            self.pool.close()
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -217,22 +166,20 @@ class ProxyServer:
                 pass
         return clean
 
-    def call_hook(self, fn, flow: Exchange):
-        try:
-            return fn(flow)
-        except Exception:
-            self.hook_failed(fn, flow)
-            return None
-
-    def hook_failed(self, fn, flow: Exchange) -> None:
-        """A hook raised: log it with its traceback, count it; the exchange goes on without it."""
+    def hook_failed(self, fn: Any, ex: Exchange) -> None:
+        """A hook raised: log it by name with its traceback, count it; the exchange goes on without it."""
         self.stats["hook_errors"] += 1
         log.exception("hook %s failed for %s %s (request %s); continuing without it",
-                      getattr(fn, "__qualname__", fn), flow.method, flow.target, flow.request_id)
+                      hook_name(fn), ex.method, ex.target, ex.request_id)
+
+    def log_access(self, ex: Exchange, now: float) -> None:
+        access_log.info('%s "%s %s HTTP/%s" %d %d %.1fms rid=%s%s', ex.client, ex.method, ex.target,
+                        ex.version, ex.status, ex.bytes_out, (now - ex.t_start) * 1000,
+                        ex.request_id, f" error={ex.error}" if ex.error else "")
 
 
 class ClientConnection(asyncio.Protocol):
-    """One client connection: parses requests, runs exchanges one at a time, in order."""
+    """One client connection: parses requests and runs their exchanges one at a time, in order."""
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -245,11 +192,11 @@ class ClientConnection(asyncio.Protocol):
         self.paused = 0
         self.write_paused = False
         self.write_paused_since = 0.0
-        self.upgraded = False
+        self.tunnel_to: UpstreamConnection | None = None   # after a 101: raw bytes go there
         self.draining = False
-        self.active: _Flow | None = None
-        self.queue: collections.deque[_Flow] = collections.deque()
-        self.parsing: _Flow | None = None
+        self.active: Flow | None = None
+        self.queue: collections.deque[Flow] = collections.deque()
+        self.parsing: Flow | None = None
         self.out: list[bytes] = []
         self.last_read = 0.0
         self.idle_since = 0.0
@@ -258,7 +205,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._drain_waiter: asyncio.Future | None = None
+        self._writable: asyncio.Future | None = None
         self.lingering = False
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -274,36 +221,33 @@ class ClientConnection(asyncio.Protocol):
         self.last_read = now
         if len(srv.connections) >= self.limits.max_connections or srv.draining:
             srv.stats["connections_refused"] += 1
-            transport.write(http.simple_response(503, "too many connections" if not srv.draining
-                                                 else "shutting down", close=True))
+            transport.write(replies.simple_response(503, "too many connections" if not srv.draining
+                                                    else "shutting down", close=True))
             transport.close()
             self.closed = True
             return
         srv.connections.add(self)
-        srv._idle.clear()
+        srv.idle.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server._connection_closed(self)
+        self.server.connection_closed(self)
         flow = self.active
-        if flow is not None and not flow.done:
-            flow.error = flow.error or "client_closed"
-            if flow.connect_task is not None:
-                flow.connect_task.cancel()
-            self._finish(flow, reusable=False)
+        if flow is not None:
+            flow.client_lost()
         self.queue.clear()
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        w = self._writable
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def eof_received(self) -> bool:
         if self.lingering:
             self.transport.close()  # type: ignore[union-attr]
             return False
-        if self.upgraded:
-            flow = self.active
-            up = flow.up.transport if flow is not None and flow.up is not None else None
-            if up is not None and up.can_write_eof():
-                up.write_eof()
+        up = self.tunnel_to
+        if up is not None:
+            if up.transport is not None and up.transport.can_write_eof():
+                up.transport.write_eof()
             return True
         if self.active is None and not self.queue:
             self.transport.close()  # type: ignore[union-attr]
@@ -324,7 +268,7 @@ class ClientConnection(asyncio.Protocol):
         flow = self.active
         if flow is not None and flow.up is not None:
             flow.up.resume_reading()
-        w = self._drain_waiter
+        w = self._writable
         if w is not None and not w.done():
             w.set_result(None)
 
@@ -333,10 +277,8 @@ class ClientConnection(asyncio.Protocol):
         self.last_read = now
         if self.closed:
             return  # lingering after an error: input is read and dropped
-        if self.upgraded:
-            flow = self.active
-            if flow is not None and flow.up is not None and flow.up.transport is not None:
-                flow.up.transport.write(data)
+        if self.tunnel_to is not None:
+            self.tunnel_to.write(data)
             return
         if self.in_head:
             if not self.head_start:
@@ -361,17 +303,22 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as e:
             self._reject(400, f"malformed request: {e}")
             return
-        if self.in_head and self.head_bytes > self.limits.max_header_size:
-            # An unfinished head this big: llhttp would keep going, and we would keep its fields.
-            if len(self._url) > self.limits.max_header_size or not self._headers:
-                self._reject(414, "request target too long")
-            else:
-                self._reject(431, "request header block too large")
-            return
+        if self.in_head and self.head_bytes:
+            if self.head_bytes > self.limits.max_header_size:
+                # An unfinished head this big: llhttp would keep going, and we would keep its fields.
+                if len(self._url) > self.limits.max_header_size or not self._headers:
+                    self._reject(414, "request target too long")
+                else:
+                    self._reject(431, "request header block too large")
+                return
+            if self._url and not self._headers and data[-1:] == b"\n" and _no_version(self._url, data):
+                # "GET /x\r\n": a request line without a version (HTTP/0.9); llhttp waits for more.
+                self._reject(400, "the request line has no HTTP version")
+                return
         if self.active is None and self.queue:
             self._start_next()
         if self.out:
-            self._flush()
+            self.flush()
 
     # ------------------------------------------------------------------ httptools callbacks
     # Size and count limits are checked once per head, not per field: data_received bounds what
@@ -408,32 +355,14 @@ class ClientConnection(asyncio.Protocol):
         if not url.startswith(b"/"):
             url = _origin_form(url, method)
         rid = framing.request_id
-        flow = _Flow(method, url, version, framing, self.client,
-                     rid.decode("latin-1") if rid else new_request_id())
-        if not framing.keep_alive:
-            flow.close_after = True
-        if not framing.has_body:
-            flow.body_done = True
+        flow = Flow(self, method, url, version, framing, rid.decode("latin-1") if rid else new_request_id())
         self.parsing = flow
         self.queue.append(flow)
         if len(self.queue) > _PIPELINE_MAX:
             self._pause(_P_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
-        flow = self.parsing
-        flow.bytes_in += len(body)
-        if flow.forwarding:
-            if flow.up is not None:
-                flow.up.transport.write(http.chunk(body) if flow.framing.chunked else body)
-            return
-        if flow.reply_done or flow.reject is not None:
-            return  # answered already: the body is read and dropped
-        if flow.body_buf is None:
-            flow.body_buf = []
-        flow.body_buf.append(body)
-        flow.buffered += len(body)
-        if flow.buffered > _BUFFER_HIGH:
-            self._pause(_P_BUFFER)
+        self.parsing.request_body(body)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
         flow = self.parsing
@@ -441,479 +370,46 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = True
         if self._headers is _TRAILERS:
             self._headers = []
-        if flow is None:
-            return
-        if flow.framing.has_body:
-            flow.body_done = True
-            if flow.forwarding and flow.up is not None and flow.framing.chunked:
-                flow.up.transport.write(http.LAST_CHUNK)
-            if flow.reply_done and flow.done is False and flow is self.active:
-                self._maybe_finish(flow)
+        if flow is not None:
+            flow.request_done()
 
-    # ------------------------------------------------------------------ exchange lifecycle
+    # ------------------------------------------------------------------ exchanges, in order
     def _start_next(self) -> None:
+        srv = self.server
         while self.queue and self.active is None and not self.closed:
             flow = self.queue.popleft()
             self.active = flow
-            srv = self.server
             srv.stats["exchanges"] += 1
             srv.stats["in_flight"] += 1
             if self.paused & _P_PIPELINE and len(self.queue) <= _PIPELINE_MAX // 2:
                 self._resume(_P_PIPELINE)
-            if flow.reject is not None:
-                status, message = flow.reject
-                self._send_error(flow, status, message)
-                return
-            hooks = srv.hooks
-            flow.hooks = hooks
-            if hooks is not None and hooks.on_request is not None and (
-                    hooks.request_heads is None or _heads_want(hooks.request_heads, flow.method, flow.path)):
-                before = flow.request_headers
-                n_before = len(before)
-                try:
-                    reply = hooks.on_request(flow)
-                except Exception:
-                    srv.hook_failed(hooks.on_request, flow)
-                    reply = None
-                if reply is not None:
-                    self._send_reply(flow, reply)
-                    continue
-                if flow.request_headers is not before or len(before) != n_before:
-                    _sanitize(flow)
-            flow.up_head = self._upstream_head(flow)
-            conn = srv.pool.take_idle()
-            if conn is not None:
-                self._attach(flow, conn)
-            else:
-                flow.connect_task = asyncio.ensure_future(self._connect(flow))
-            return
+            flow.start()  # may finish at once (a reply) and start the next itself
 
-    def _upstream_head(self, flow: _Flow) -> bytes:
-        """The request head for the app: the client's fields, then this hop's, serialised once."""
-        framing = flow.framing
-        headers = flow.request_headers
-        extra = []
-        if not framing.has_xff:
-            extra.append((b"X-Forwarded-For", self.client_b))
-        else:
-            # The received value plus this hop, in place.
-            headers = [(k, v + b", " + self.client_b) if k.lower() == b"x-forwarded-for" else (k, v)
-                       for k, v in headers]
-        if not framing.has_xfp:
-            extra.append((b"X-Forwarded-Proto", b"http"))
-        if framing.request_id is None:
-            extra.append((b"X-Request-Id", flow.request_id.encode("latin-1")))
-        if framing.chunked:
-            extra.append((b"Transfer-Encoding", b"chunked"))
-        if framing.upgrade is not None:
-            extra += [(b"Connection", b"Upgrade"), (b"Upgrade", framing.upgrade)]
-        return b"%s %s HTTP/1.1\r\n%s\r\n" % (flow.bmethod, flow.burl, http.serialize_headers(headers + extra))
-
-    async def _connect(self, flow: _Flow) -> None:
-        try:
-            conn = await self.server.pool.connect()
-        except UpstreamError as e:
-            flow.connect_task = None
-            self.server.stats["upstream_errors"] += 1
-            flow.error = "upstream_connect"
-            if not self.closed and flow is self.active:
-                self._send_error(flow, 502, str(e))
-            return
-        except Exception:  # a bug: keep its traceback, but never leave the client hanging
-            flow.connect_task = None
-            log.exception("connecting to the app failed unexpectedly (request %s)", flow.request_id)
-            flow.error = "internal"
-            if not self.closed and flow is self.active:
-                self._send_error(flow, 502, "internal error while connecting to the app")
-            return
-        flow.connect_task = None
-        if self.closed or flow is not self.active or flow.done:
-            self.server.pool.release(conn)
-            return
-        self._attach(flow, conn)
-
-    def _attach(self, flow: _Flow, conn: UpstreamConnection) -> None:
-        flow.up = conn
-        conn.owner = self
-        framing = flow.framing
-        if flow.body_buf:
-            body = b"".join(flow.body_buf)
-            flow.body_buf = None
-            flow.buffered = 0
-            data = flow.up_head + (http.chunk(body) if framing.chunked else body)
-        else:
-            data = flow.up_head
-        if flow.body_done and framing.chunked:
-            data += http.LAST_CHUNK
-        flow.forwarding = True
-        flow.t_sent = flow.t_last_up = _monotonic()
-        conn.send(data, head_request=flow.bmethod == b"HEAD")
-        if self.write_paused:
-            conn.pause_reading()
-        if self.paused & _P_BUFFER:
-            self._resume(_P_BUFFER)
-
-    # ---- events from the upstream connection (UpstreamConnection calls these)
-    def up_headers(self, conn: UpstreamConnection, status: int, version: str,
-                   headers: list[tuple[bytes, bytes]], hop: list[tuple[bytes, bytes]], cl: int) -> None:
-        flow = self.active
-        if flow is None or flow.up is not conn:
-            return
-        flow.t_last_up = conn.last_read
-        if status < 200 and status != 101:
-            # Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they are.
-            if flow.version == "1.1" and not flow.discarding:
-                self.out.append(http.status_line(status) + http.serialize_headers(headers) + b"\r\n")
-            return
-        try:
-            rf = http.check_response(version, status, headers, hop, cl)
-        except http.FramingError as e:
-            self.up_failed(e.message)
-            return
-        flow.resp = rf
-        flow.status = status
-        flow.response_headers = rf.headers
-        flow.t_response = flow.t_last_up
-        if flow.bmethod == b"HEAD":
-            conn.head_done_for_head_request()
-        hooks = flow.hooks
-        if (hooks is not None and hooks.on_response_head is not None
-                and (hooks.response_statuses is None or status in hooks.response_statuses)
-                and (hooks.response_heads is None or _heads_want(hooks.response_heads, status, flow.path))):
-            n_before = len(rf.headers)
-            try:
-                reply = hooks.on_response_head(flow)
-            except Exception:
-                self.server.hook_failed(hooks.on_response_head, flow)
-                reply = None
-            if reply is not None:
-                flow.discarding = True
-                self._send_reply(flow, reply)
-                if flow.bmethod == b"HEAD" or status in (204, 304):
-                    # No app body will follow: the exchange ends with the reply.
-                    self._upstream_done(flow, reusable=rf.keep_alive and flow.body_done)
-                    self._maybe_finish(flow)
-                return
-            if flow.response_headers is not rf.headers or len(rf.headers) != n_before:
-                flow.response_headers = [(k, v) for k, v in flow.response_headers
-                                         if k.lower() not in http.HOP_BY_HOP]
-        self._write_response_head(flow, rf)
-        if flow.bmethod == b"HEAD" or status in (204, 304):
-            self._upstream_done(flow, reusable=rf.keep_alive and flow.body_done)
-            self._maybe_finish(flow)
-
-    def _write_response_head(self, flow: _Flow, rf: http.ResponseFraming) -> None:
-        status = flow.status
-        parts = [http.status_line(status), http.serialize_headers(flow.response_headers)]
-        no_body = flow.bmethod == b"HEAD" or status in (204, 304) or status == 101
-        client11 = flow.version == "1.1"
-        if status == 101:
-            parts.append(b"Connection: Upgrade\r\n")
-        elif not no_body:
-            if rf.chunked or rf.content_length < 0:
-                if client11:
-                    parts.append(b"Transfer-Encoding: chunked\r\n")
-                    flow.out_chunked = True
-                else:
-                    flow.close_after = True  # HTTP/1.0: the body ends when we close
-        elif rf.chunked and flow.bmethod == b"HEAD" and client11:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        if status != 101:
-            if flow.close_after or self.draining or self.server.draining:
-                flow.close_after = True
-                parts.append(b"Connection: close\r\n")
-            elif not client11:
-                parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        self.out.append(b"".join(parts))
-        flow.head_sent = True
-
-    def up_body(self, data: bytes) -> None:
-        flow = self.active
-        if flow is None:
-            return
-        if flow.discarding:
-            flow.discarded += len(data)
-            if flow.discarded > _DISCARD_MAX and flow.up is not None:
-                self._upstream_done(flow, reusable=False)
-                self._maybe_finish(flow)
-            return
-        flow.bytes_out += len(data)
-        self.out.append(http.chunk(data) if flow.out_chunked else data)
-        if len(self.out) > 64:
-            self._flush()
-
-    def up_complete(self) -> None:
-        flow = self.active
-        if flow is None or flow.up is None:
-            return
-        rf = flow.resp
-        if not flow.discarding:
-            if flow.out_chunked:
-                self.out.append(http.LAST_CHUNK)
-            if not flow.replaced and rf is not None and rf.keep_alive and flow.body_done:
-                # The common end of an exchange, without the general paths' checks.
-                conn = flow.up
-                flow.up = None
-                self.server.pool.release(conn)
-                self._finish(flow, reusable=True)
-                return
-        self._upstream_done(flow, reusable=rf is not None and rf.keep_alive and flow.body_done)
-        self._maybe_finish(flow)
-
-    def up_eof(self, conn: UpstreamConnection) -> None:
-        """The app closed its side: that ends a response framed by close, and nothing else."""
-        flow = self.active
-        if flow is None or flow.up is not conn or flow.resp is None or flow.upgraded:
-            return
-        rf = flow.resp
-        if not rf.chunked and rf.content_length < 0 and (flow.head_sent or flow.discarding):
-            rf.keep_alive = False
-            self.up_complete()
-            self._flush()
-
-    def up_flush(self) -> None:
-        if self.out:
-            self._flush()
-
-    def up_upgrade(self, rest: bytes) -> None:
-        flow = self.active
-        if flow is None or flow.up is None or flow.status != 101:
-            return
-        conn = flow.up
-        self._flush()
-        self.upgraded = True
-        flow.upgraded = True
-        conn.tunnel_to = self.transport
-        if rest:
-            self.transport.write(rest)  # type: ignore[union-attr]
-        if flow.upgrade_buf:
-            conn.transport.write(flow.upgrade_buf)
-            flow.upgrade_buf = b""
-        self._resume(_P_UPGRADE)
-
-    def up_pause_writing(self) -> None:
-        self._pause(_P_UPSTREAM)
-
-    def up_resume_writing(self) -> None:
-        self._resume(_P_UPSTREAM)
-
-    def up_failed(self, message: str) -> None:
-        flow = self.active
-        if flow is None:
-            return
-        self.server.stats["upstream_errors"] += 1
-        flow.error = flow.error or "upstream_protocol"
-        self._upstream_done(flow, reusable=False)
-        if flow.head_sent or flow.reply_done:
-            self.abort()
-        else:
-            self._send_error(flow, 502, message)
-
-    def up_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
-        flow = self.active
-        if flow is None or flow.up is not conn:
-            return
-        if flow.upgraded:
-            flow.up = None
-            self._finish(flow, reusable=False)
-            if self.transport is not None:
-                self.transport.close()
-            return
-        flow.up = None
-        if flow.discarding:
-            self._maybe_finish(flow)
-            return
-        if not flow.head_sent and not flow.reply_done:
-            # A pooled connection the app had already closed: retry once when nothing is lost by it.
-            if (conn.reused and not conn._got_bytes and not flow.retried and flow.bytes_in == 0
-                    and flow.bmethod in _IDEMPOTENT):
-                flow.retried = True
-                flow.forwarding = False
-                self.server.pool.forget(conn)
-                nxt = self.server.pool.take_idle()
-                if nxt is not None:
-                    self._attach(flow, nxt)
-                else:
-                    flow.connect_task = asyncio.ensure_future(self._connect(flow))
-                return
-            self.server.stats["upstream_errors"] += 1
-            flow.error = "upstream_closed"
-            self._send_error(flow, 502, "the app closed the connection without answering")
-            return
-        # Broken mid-body: the client must see a truncated response, not a complete-looking one.
-        flow.error = "upstream_closed"
-        self.server.stats["upstream_errors"] += 1
-        self._flush()
-        self.abort()
-
-    def _upstream_done(self, flow: _Flow, reusable: bool) -> None:
-        conn = flow.up
-        if conn is None:
-            return
-        flow.up = None
-        pool = self.server.pool
-        if reusable and not conn.closed:
-            pool.release(conn)
-        else:
-            pool.discard(conn)
-
-    # ---- replies made here: hooks' replies and the proxy's own errors
-    def _send_reply(self, flow: _Flow, reply: Reply) -> None:
-        self.server.stats["replies"] += 1
-        flow.replaced = True
-        flow.status = reply.status
-        flow.t_response = _monotonic()
-        headers = [(k, v) for k, v in reply.headers if k.lower() not in http.FRAMING]
-        flow.response_headers = headers
-        if not flow.body_done:
-            flow.close_after = True  # the rest of the request body is not worth reading
-        size = len(reply.body)
-        fd = None
-        if reply.file is not None:
-            try:
-                fd = os.open(reply.file, os.O_RDONLY)
-                size = os.fstat(fd).st_size
-            except OSError as e:
-                if fd is not None:
-                    os.close(fd)
-                log.error("reply file %s cannot be read: %s", reply.file, e)
-                self._send_error(flow, 500, "the configured response file cannot be read")
-                return
-        no_body = flow.bmethod == b"HEAD" or reply.status in (204, 304) or reply.status < 200
-        parts = [http.status_line(reply.status, reply.reason.encode("latin-1") if reply.reason else None),
-                 http.serialize_headers(headers)]
-        if reply.status not in (204, 304) and reply.status >= 200:
-            parts.append(b"Content-Length: %d\r\n" % size)
-        if flow.close_after or self.draining or self.server.draining:
-            flow.close_after = True
-            parts.append(b"Connection: close\r\n")
-        elif flow.version != "1.1":
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        flow.head_sent = True
-        if no_body:
-            if fd is not None:
-                os.close(fd)
-            self.out.append(b"".join(parts))
-            flow.reply_done = True
-            self._maybe_finish(flow)
-            return
-        if fd is None:
-            self.out.append(b"".join(parts) + reply.body)
-            flow.bytes_out += size
-            flow.reply_done = True
-            self._maybe_finish(flow)
-            return
-        self.out.append(b"".join(parts))
-        self._flush()
-        asyncio.ensure_future(self._stream_file(flow, fd, size))
-
-    async def _stream_file(self, flow: _Flow, fd: int, size: int) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            left = size
-            while left > 0 and not self.closed:
-                if self.write_paused:
-                    self._drain_waiter = loop.create_future()
-                    await self._drain_waiter
-                    self._drain_waiter = None
-                    continue
-                data = os.read(fd, min(_FILE_CHUNK, left))
-                if not data:
-                    break  # the file shrank: the client sees a short body and the connection closes
-                left -= len(data)
-                flow.bytes_out += len(data)
-                self.transport.write(data)  # type: ignore[union-attr]
-            if left > 0:
-                flow.close_after = True
-                flow.error = flow.error or "reply_file_short"
-        finally:
-            os.close(fd)
-        if self.closed:
-            return
-        flow.reply_done = True
-        self._maybe_finish(flow)
-
-    def _send_error(self, flow: _Flow, status: int, message: str) -> None:
-        flow.error = flow.error or {502: "upstream", 504: "upstream_timeout"}.get(status, f"http_{status}")
-        if status >= 500:
-            log.warning("%s %s -> %d: %s (request %s)", flow.method, flow.target, status, message,
-                        flow.request_id)
-        self._upstream_done(flow, reusable=False)
-        if status == 400 or status == 431 or status == 414 or status == 408 or not flow.body_done:
-            flow.close_after = True
-        reply = Reply(status, [(b"Content-Type", b"text/plain; charset=utf-8")], http.error_body(status, message))
-        hooks = flow.hooks
-        flow.discarding = True
-        if (hooks is not None and hooks.on_response_head is not None and status >= 500
-                and (hooks.response_statuses is None or status in hooks.response_statuses)
-                and (hooks.response_heads is None or _heads_want(hooks.response_heads, status, flow.path))):
-            # Rules may replace the proxy's own 502/504 as they would the app's (a friendly 5xx page).
-            flow.status = status
-            flow.response_headers = reply.headers
-            custom = self.server.call_hook(hooks.on_response_head, flow)
-            if custom is not None:
-                reply = custom
-        self._send_reply(flow, reply)
-        flow.replaced = True
-
-    def _maybe_finish(self, flow: _Flow) -> None:
-        if flow.done or flow.up is not None:
-            return
-        if flow.discarding and not flow.reply_done:
-            return
-        if flow.replaced and not flow.reply_done:
-            return
-        self._finish(flow, reusable=True)
-
-    def _finish(self, flow: _Flow, reusable: bool) -> None:
-        if flow.done:
-            return
-        flow.done = True
-        now = _monotonic()
-        flow.t_end = now
-        if flow.up is not None:
-            self._upstream_done(flow, reusable=False)
-        if flow.connect_task is not None:
-            flow.connect_task.cancel()
-            flow.connect_task = None
-        srv = self.server
-        srv.stats["in_flight"] -= 1
-        if self.out and not self.closed:
-            self._flush()
-        hooks = flow.hooks
-        if hooks is not None and hooks.on_complete is not None:
-            try:
-                hooks.on_complete(flow)
-            except Exception:
-                srv.hook_failed(hooks.on_complete, flow)
-        if srv.access_log:
-            access_log.info('%s "%s %s HTTP/%s" %d %d %.1fms rid=%s%s', flow.client, flow.method, flow.target,
-                            flow.version, flow.status, flow.bytes_out, (now - flow.t_start) * 1000,
-                            flow.request_id, f" error={flow.error}" if flow.error else "")
+    def exchange_finished(self, flow: Flow) -> None:
+        """A Flow is over: close, linger-close, or go on with the next pipelined request."""
         if self.active is flow:
             self.active = None
         if self.closed:
             return
-        if flow.close_after or not flow.body_done or self.draining or srv.draining or flow.upgraded:
-            if self.queue and not (flow.close_after or not flow.body_done or flow.upgraded):
+        srv = self.server
+        body_unread = flow.req_state != REQ_DONE
+        if flow.close_after or body_unread or self.draining or srv.draining or flow.upgraded:
+            if self.queue and not (flow.close_after or body_unread or flow.upgraded):
                 pass  # draining: answer what the client already sent (it pipelined it before we knew)
             elif flow.reject is not None or (flow.replaced and 400 <= flow.status < 500 and self.paused):
                 self._linger_close()
                 return
             else:
-                self.transport.close()  # type: ignore[union-attr]
-                self.closed = True
+                self.close()
                 return
-        self.idle_since = now
+        self.idle_since = _monotonic()
         if self.queue:
             self._start_next()
             if self.out:
-                self._flush()
+                self.flush()
 
-    # ------------------------------------------------------------------ helpers
-    def _flush(self) -> None:
+    # ------------------------------------------------------------------ used by Flow
+    def flush(self) -> None:
         out = self.out
         if not out or self.transport is None:
             return
@@ -922,6 +418,46 @@ class ClientConnection(asyncio.Protocol):
         if not self.closed or not self.transport.is_closing():
             self.transport.write(data)
 
+    async def writable(self) -> None:
+        """Wait until the client's socket buffer has room again (or the client is gone)."""
+        if self._writable is None or self._writable.done():
+            self._writable = asyncio.get_running_loop().create_future()
+        await self._writable
+
+    def pause_for_buffer(self) -> None:
+        self._pause(_P_BUFFER)
+
+    def resume_after_buffer(self) -> None:
+        self._resume(_P_BUFFER)
+
+    def pause_for_upstream(self) -> None:
+        self._pause(_P_UPSTREAM)
+
+    def resume_for_upstream(self) -> None:
+        self._resume(_P_UPSTREAM)
+
+    def become_tunnel(self, up: UpstreamConnection, rest: bytes, early: bytes) -> None:
+        """After the app's 101: raw bytes both ways from now on."""
+        self.flush()
+        self.tunnel_to = up
+        up.tunnel_to = self.transport
+        if rest:
+            self.transport.write(rest)  # type: ignore[union-attr]
+        if early:
+            up.write(early)
+        self._resume(_P_UPGRADE)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.closed = True
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+
+    # ------------------------------------------------------------------ helpers
     def _pause(self, reason: int) -> None:
         if not self.paused and self.transport is not None and not self.closed:
             self.transport.pause_reading()
@@ -939,25 +475,25 @@ class ClientConnection(asyncio.Protocol):
         self.server.stats["bad_requests"] += 1
         self._pause(_P_REJECTED)
         flow = self.parsing
-        if flow is None or flow is self.active or flow.forwarding:
-            if flow is not None and (flow is self.active):
-                # Broken mid-body while forwarding: the app must not see a complete request.
-                flow.error = "bad_request_body"
-                if flow.up is not None:
-                    self._upstream_done(flow, reusable=False)
-                if flow.head_sent or flow.reply_done:
-                    self.abort()
-                    return
-                self._send_error(flow, status, message)
+        if flow is not None and flow is self.active:
+            # Broken mid-body while forwarding: the app must not see a complete request.
+            flow.error = "bad_request_body"
+            if flow.resp_state != RESP_NONE and flow.resp_state != RESP_REPLY:
+                self.abort()
                 return
-            flow = _Flow(b"-", b"-", "1.1", None, self.client, new_request_id())
+            if flow.resp_state == RESP_NONE:
+                flow.send_error(status, message)
+            flow.close_after = True
+            self.flush()
+            return
+        if flow is None or flow.up_state != 0:
+            flow = Flow(self, b"-", b"-", "1.1", None, new_request_id())
             self.queue.append(flow)
         flow.reject = (status, message)
         flow.close_after = True
-        flow.body_done = True
         if self.active is None:
             self._start_next()
-            self._flush()
+            self.flush()
 
     def _linger_close(self) -> None:
         """Close after an error without losing the answer: closing with unread input sends a RST,
@@ -983,13 +519,8 @@ class ClientConnection(asyncio.Protocol):
         if self.active is None and not self.queue and self.transport is not None:
             self.transport.close()
 
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-        self.closed = True
-
     def check_timeouts(self, now: float) -> None:
-        if self.closed or self.upgraded:
+        if self.closed or self.tunnel_to is not None:
             return
         lim = self.limits
         flow = self.active
@@ -997,30 +528,18 @@ class ClientConnection(asyncio.Protocol):
             if self.head_start:
                 if now - self.head_start > lim.header_timeout:
                     if self.head_bytes or self._url:
-                        self.transport.write(http.simple_response(408, "request head not received in time"))
-                    self.transport.close()  # type: ignore[union-attr]
-                    self.closed = True
+                        self.transport.write(replies.simple_response(408))  # type: ignore[union-attr]
+                    self.close()
             elif now - self.idle_since > lim.idle_timeout:
-                self.transport.close()  # type: ignore[union-attr]
-                self.closed = True
+                self.close()
             return
-        if flow.up is not None and flow.t_response == 0.0 and flow.forwarding:
-            if now - flow.t_sent > lim.upstream_timeout:
-                self.server.stats["upstream_timeouts"] += 1
-                flow.error = "upstream_timeout"
-                self._send_error(flow, 504, f"the app did not answer within {lim.upstream_timeout:g}s")
-                self._flush()
-                return
-        elif (flow.up is not None and not self.write_paused
-              and now - max(flow.t_last_up, flow.up.last_read) > lim.upstream_timeout):
-            flow.error = "upstream_timeout"
-            self.abort()  # stalled mid-body
+        if flow.check_timeout(now):
             return
-        if not flow.body_done and not self.paused and now - self.last_read > lim.body_timeout:
+        if flow.req_state != REQ_DONE and not self.paused and now - self.last_read > lim.body_timeout:
             flow.error = "client_body_timeout"
-            if not flow.head_sent:
-                self._send_error(flow, 408, "request body not received in time")
-                self._flush()
+            if flow.resp_state == RESP_NONE:
+                flow.send_error(408, None)
+                self.flush()
             else:
                 self.abort()
             return
@@ -1029,13 +548,11 @@ class ClientConnection(asyncio.Protocol):
             self.abort()
 
 
-def _heads_want(heads: dict, key: Any, path: str) -> bool:
-    """Whether a hook's path-head promise (Hooks.request_heads / response_heads) lets it act here."""
-    want = heads.get(key, heads.get("*"))
-    if want is None:
-        return True
-    i = path.find("/", 1)  # hooks.path_head(path), without a second call per exchange
-    return (path if i < 0 else path[:i]) in want
+def _no_version(url: bytes, data: bytes) -> bool:
+    """Whether the line `data` ends with is a request line with no version: "METHOD target".
+    Only asked while no header of the current head was parsed, so that line is its request line."""
+    line = data[data.rfind(b"\n", 0, len(data) - 1) + 1:].split()
+    return len(line) == 2 and line[1] == url
 
 
 def _origin_form(url: bytes, method: bytes) -> bytes:
@@ -1048,18 +565,3 @@ def _origin_form(url: bytes, method: bytes) -> bytes:
         slash = rest.find(b"/")
         return rest[slash:] if slash >= 0 else b"/"
     raise _Reject(400, "request target must be a path")
-
-
-def _sanitize(flow: _Flow) -> None:
-    """After a hook edited request headers: framing stays the tunnel's; forwarding headers are re-read."""
-    framing = flow.framing
-    flow.request_headers = [(k, v) for k, v in flow.request_headers
-                            if k.lower() not in http.HOP_BY_HOP and k.lower() != b"content-length"]
-    if framing.content_length >= 0:
-        flow.request_headers.append((b"Content-Length", b"%d" % framing.content_length))
-    framing.has_xff = flow.request_header(b"x-forwarded-for") is not None
-    framing.has_xfp = flow.request_header(b"x-forwarded-proto") is not None
-    rid = flow.request_header(b"x-request-id")
-    framing.request_id = rid
-    if rid is not None:
-        flow.request_id = rid.decode("latin-1")

@@ -1,16 +1,17 @@
 """Connections to the app: a keep-alive pool and the response-side protocol.
 
 Owns connecting (with a timeout), parsing the app's responses with httptools and handing each event
-to the client connection that owns the upstream connection for the exchange. Reuses idle connections
-LIFO and drops them after an idle timeout. Must not import rules, actions or telemetry.
+to the exchange that owns the connection (an UpstreamOwner), idle reuse LIFO with an idle timeout.
+Must not import rules, actions or telemetry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 
@@ -19,58 +20,57 @@ from decorator.proxy.http import HOP_BY_HOP
 
 _SPECIAL_LENGTHS = frozenset(len(n) for n in HOP_BY_HOP | {b"content-length"})
 _OWS_BYTES = (32, 9)
+# Linux only: acknowledge at once. Set after a read that left a response unfinished, so an app
+# whose Nagle algorithm holds its second send until our ACK is not stalled by our delayed ACK.
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 _monotonic = time.monotonic
 
 
+class UpstreamOwner(Protocol):
+    """What an exchange implements to own an upstream connection; it gets every event of it."""
+
+    def up_headers(self, status: int, keep_alive: bool, headers: list[tuple[bytes, bytes]],
+                   hop: list[tuple[bytes, bytes]], content_length: int) -> None: ...
+    def up_body(self, data: bytes) -> None: ...
+    def up_complete(self) -> None: ...
+    def up_eof(self) -> None: ...
+    def up_upgrade(self, rest: bytes) -> None: ...
+    def up_lost(self, answered: bool, reused: bool) -> None: ...
+    def up_failed(self, message: str) -> None: ...
+    def up_pause_writing(self) -> None: ...
+    def up_resume_writing(self) -> None: ...
+    def up_flush(self) -> None: ...
+
+
 class UpstreamConnection(asyncio.Protocol):
-    """One connection to the app. While `owner` is set, every parser event goes to it.
-
-    The owner (a tunnel ClientConnection) implements: up_headers(conn, status, version, headers, hop, cl),
-    up_body(data), up_complete(), up_eof(conn), up_upgrade(rest), up_lost(conn, exc), up_failed(message),
-    up_pause_writing(), up_resume_writing(), up_flush().
-    """
-
-    __slots__ = (
-        "_cl",
-        "_got_bytes",
-        "_headers",
-        "_hop",
-        "_in_head",
-        "_paused",
-        "_skip_body",
-        "closed",
-        "idle_since",
-        "last_read",
-        "owner",
-        "parser",
-        "pool",
-        "reused",
-        "transport",
-        "tunnel_to",
-    )
+    """One connection to the app. While `owner` is set, every parser event goes to it."""
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.owner: Any = None
+        self.owner: UpstreamOwner | None = None
         self.closed = False
         self.reused = False
+        self.paused = False
         self.idle_since = 0.0
+        self.last_read = 0.0
+        self.tunnel_to: asyncio.Transport | None = None   # after a 101: raw bytes go straight there
+        self._sock: Any = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._hop: list[tuple[bytes, bytes]] = []   # hop-by-hop fields of the head being parsed
         self._cl = -1                                # its Content-Length, -1 when absent
         self._in_head = True
+        self._mid = False           # a response has begun and not ended
         self._skip_body = False     # HEAD request: llhttp cannot know the response has no body
-        self._got_bytes = False     # any byte of a response since the request was sent
-        self._paused = False
-        self.last_read = 0.0
-        self.tunnel_to: asyncio.Transport | None = None   # after a 101: raw bytes go straight there
+        self._answered = False      # any byte of a response since the request was sent
 
     # ---- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if _QUICKACK is not None:
+            self._sock = transport.get_extra_info("socket")
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel_to is not None:
@@ -81,7 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
             # An idle pooled connection must not talk: whatever it says cannot be framed.
             self.close()
             return
-        self._got_bytes = True
+        self._answered = True
         self.last_read = _monotonic()
         try:
             self.parser.feed_data(data)
@@ -94,6 +94,11 @@ class UpstreamConnection(asyncio.Protocol):
                 self.owner.up_failed(f"invalid response from the app: {e}")
             self.close()
             return
+        if self._mid and self._sock is not None:
+            try:
+                self._sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            except OSError:
+                self._sock = None
         if self.owner is not None:
             self.owner.up_flush()
 
@@ -104,7 +109,7 @@ class UpstreamConnection(asyncio.Protocol):
             return True
         # A response without a length ends here; the owner decides whether that is complete.
         if self.owner is not None:
-            self.owner.up_eof(self)
+            self.owner.up_eof()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -112,7 +117,7 @@ class UpstreamConnection(asyncio.Protocol):
         owner = self.owner
         self.owner = None
         if owner is not None:
-            owner.up_lost(self, exc)
+            owner.up_lost(self._answered, self.reused)
         else:
             self.pool.forget(self)
 
@@ -147,9 +152,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self._hop = []
         self._cl = -1
-        status = self.parser.get_status_code()
+        parser = self.parser
+        status = parser.get_status_code()
         if self.owner is not None:
-            self.owner.up_headers(self, status, self.parser.get_http_version(), headers, hop, cl)
+            # llhttp's keep-alive verdict covers the version, Connection: close and close-framed bodies.
+            self.owner.up_headers(status, parser.should_keep_alive(), headers, hop, cl)
+        self._mid = status >= 200
         if status < 200:
             # An interim 1xx: the final head follows (after a 101, the raw tunnel does). Either
             # way its on_message_complete is not the end of the exchange.
@@ -166,28 +174,34 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._in_head:
             return  # the end of a 1xx (on_headers_complete set _in_head again)
+        self._mid = False
         if self.owner is not None:
             self.owner.up_complete()
 
     # ---- used by the owner
     def send(self, data: bytes, head_request: bool) -> None:
         self._skip_body = head_request
-        self._got_bytes = False
+        self._answered = False
         self._in_head = True
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def write(self, data: bytes) -> None:
+        """More of the request (its body) after send()."""
         self.transport.write(data)  # type: ignore[union-attr]
 
     def head_done_for_head_request(self) -> None:
         """After the head of a HEAD response: the message is over; reset llhttp for the next one."""
+        self._mid = False
         self.parser = httptools.HttpResponseParser(self)
 
     def pause_reading(self) -> None:
-        if not self._paused and self.transport is not None:
-            self._paused = True
+        if not self.paused and self.transport is not None:
+            self.paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._paused and self.transport is not None:
-            self._paused = False
+        if self.paused and self.transport is not None:
+            self.paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:
@@ -242,14 +256,14 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         conn.owner = None
-        if conn._paused:
+        if conn.paused:
             conn.resume_reading()
         if conn.closed:
             return
         if len(self.idle) >= self.max_idle:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = _monotonic()
         self.idle.append(conn)
 
     def discard(self, conn: UpstreamConnection) -> None:

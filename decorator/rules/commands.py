@@ -11,6 +11,7 @@ import os
 import sys
 
 from decorator.errors import RulesInvalid, UsageError
+from decorator.proxy.driver import simulate
 from decorator.proxy.hooks import Exchange
 from decorator.rules.compile import PHASES, compile_rules
 from decorator.rules.load import YAML_SUFFIXES, load_rules
@@ -75,13 +76,23 @@ def explain(rules_paths: list[str], request: str, status: int | None = None,
     req_headers = [_parse_header(h, "--header") for h in headers or []]
     resp_headers = [_parse_header(h, "--response-header") for h in response_headers or []]
     rs = load_rules(rules_paths)
-    hooks = compile_rules(rs, CaptureRuntime())
+    runtime = CaptureRuntime()
+    hooks = compile_rules(rs, runtime)
+    # The exchange runs first, by the tunnel's own driver: a rule that answers in the request phase
+    # decides the status the later phases see (a maintenance 503 does fire the 5xx alert).
+    app_status = status if status is not None else 0
+    outcome = simulate(hooks, Exchange(method.upper(), target, "1.1", list(req_headers), "127.0.0.1",
+                                       request_id="explain"),
+                       lambda _: (app_status, list(resp_headers), b""))
+    by_sidecar = outcome.upstream_headers is None
     ex = Exchange(method.upper(), target, "1.1", req_headers, "127.0.0.1", request_id="explain")
-    for cr in hooks.rules:
-        if cr.enabled and cr.path is not None and cr.path.template and cr.path.match(ex.path):
-            ex.route = cr.path.pattern
-            break
-    shown_status = status if status is not None else "none given (rules on the response see no status)"
+    ex.route = outcome.route
+    if by_sidecar:
+        shown_status = f"{outcome.status} (answered by the sidecar: the app is not called)"
+    elif status is not None:
+        shown_status = str(status)
+    else:
+        shown_status = "none given (rules on the response see no status)"
     print(f"request: {ex.method} {ex.target}   status: {shown_status}"
           + (f"   route: {ex.route}" if ex.route else ""))
     width = max((len(cr.name) for cr in hooks.rules), default=4)
@@ -95,8 +106,10 @@ def explain(rules_paths: list[str], request: str, status: int | None = None,
             if phase == "request":
                 ex.status, ex.response_headers = 0, None
             else:
-                ex.status, ex.response_headers = (status or 0), list(resp_headers)
+                ex.status, ex.response_headers = outcome.status, list(outcome.headers)
             reasons = cr.why_not(ex, phase)
+            if not reasons and phase == "response" and by_sidecar:
+                reasons = ["the request phase answered: the app's response phase does not run"]
             verdict = "MATCH" if not reasons else "no: " + "; ".join(reasons)
             matched += not reasons
             print(f"{cr.name:<{width}}  {phase:<8}  {','.join(actions):<14}  {verdict}   ({cr.loaded.location})")

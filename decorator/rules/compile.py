@@ -17,7 +17,7 @@ import jmespath
 
 from decorator.actions.registry import ACTIONS
 from decorator.actions.runtime import Runtime
-from decorator.proxy.hooks import Exchange, Hooks, Reply, path_head
+from decorator.proxy.hooks import Exchange, Hooks, Interest, Reply, first_segment
 from decorator.rules.load import LoadedRule, RuleSet
 from decorator.rules.match import HeaderCheck, PathIndex, PathPattern, exchange_view, regex_key
 from decorator.rules.models import status_codes
@@ -187,18 +187,21 @@ class RuleHooks(Hooks):
             # Promise the tunnel which first path segments the request phase can act on, so it
             # skips the call for every other path (no route template starts with a parameter).
             if not routes.always:
-                self.request_heads = _heads(req, routes.firsts)
+                firsts = _firsts(req, routes.firsts)
+                self.request_interest = Interest(firsts) if firsts is not None else None
         if resp:
             self.on_response_head = self._on_response_head
-            # Only statuses some response-phase rule accepts reach the hook (the tunnel checks).
+            # Only statuses some response-phase rule accepts, and for each only the first path
+            # segments its rules are keyed under, reach the hook (the tunnel checks).
+            statuses = None
             if all(e.rule.statuses is not None for e in resp):
-                self.response_statuses = frozenset().union(*(e.rule.statuses for e in resp))
+                statuses = frozenset().union(*(e.rule.statuses for e in resp))
             by_status = {}
-            for status in self.response_statuses or range(_STATUS_SLOTS):
-                h = _heads([e for e in resp if e.rule.statuses is None or status in e.rule.statuses])
+            for status in statuses or range(_STATUS_SLOTS):
+                h = _firsts([e for e in resp if e.rule.statuses is None or status in e.rule.statuses])
                 by_status[status] = None if h is None or "*" not in h or len(h) > 1 else h["*"]
-            if any(v is not None for v in by_status.values()):
-                self.response_heads = by_status
+            if statuses is not None or any(v is not None for v in by_status.values()):
+                self.response_interest = Interest(by_status)
         if done:
             self.on_complete = self._on_complete
 
@@ -346,11 +349,11 @@ class Dispatch:
         return self._by_method.get(method, self._other)(path)
 
 
-def _heads(entries: list[_Entry], extra: frozenset[str] = frozenset()) -> dict | None:
-    """A Hooks.request_heads-style promise for one phase's entries: method ("*" for every other)
-    -> first path segments some entry is keyed under, or None for a method that has a path-less
-    entry. None when a path-less entry takes every method. Sound because a keyed entry only
-    matches paths that start with its key at a segment boundary (what PathIndex relies on)."""
+def _firsts(entries: list[_Entry], extra: frozenset[str] = frozenset()) -> dict | None:
+    """An Interest's map for one phase's entries: method ("*" for every other) -> first path
+    segments some entry is keyed under, or None for a method that has a path-less entry. None
+    when a path-less entry takes every method. Sound because a keyed entry only matches paths
+    that start with its key at a segment boundary (what PathIndex relies on)."""
     firsts = set(extra)
     pathless: set[str] = set()
     for e in entries:
@@ -360,7 +363,7 @@ def _heads(entries: list[_Entry], extra: frozenset[str] = frozenset()) -> dict |
                 return None
             pathless |= e.rule.methods
         else:
-            firsts.add(path_head(key))
+            firsts.add(first_segment(key))
     out: dict[str, frozenset[str] | None] = {"*": frozenset(firsts)}
     out.update(dict.fromkeys(pathless))
     return out

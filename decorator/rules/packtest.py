@@ -1,19 +1,19 @@
 """Pack tests without a network: drive compiled hooks with a synthetic Exchange and a fake app.
 
-Owns the simulated exchange lifecycle (the tunnel's order of hook calls), the capturing runtime
-and the checks of `expect:`. Imports proxy.hooks only from the proxy; never sockets or httpx.
+Owns the capturing runtime and the checks of `expect:`; the exchange's order is the tunnel's own
+(proxy.driver). Imports proxy.hooks and proxy.driver only from the proxy; never sockets or httpx.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from decorator.actions.runtime import NotifyTarget, Runtime
 from decorator.errors import RulesInvalid
-from decorator.proxy.hooks import Exchange, Hooks, Reply, header_get
+from decorator.proxy import driver
+from decorator.proxy.driver import Outcome
+from decorator.proxy.hooks import Exchange, Hooks, header_get
 from decorator.rules.compile import compile_rules
 from decorator.rules.load import LoadedTest, load_rules, pack_units
 from decorator.rules.models import Expect, FakeUpstream, TestCase
@@ -33,58 +33,22 @@ class CaptureRuntime(Runtime):
         return True
 
 
-@dataclass
-class Outcome:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    replaced: bool
-    upstream_headers: list[tuple[bytes, bytes]] | None
-    route: str | None
-    exchange: Exchange = field(repr=False)
-
-
 _seq = 0
 
 
 def simulate(hooks: Hooks | None, method: str, target: str, headers: list[tuple[bytes, bytes]],
              upstream: FakeUpstream | None = None) -> Outcome:
-    """One exchange through `hooks` in the tunnel's order: on_request, (fake app), on_response_head,
-    on_complete."""
+    """One exchange through `hooks` by the tunnel's own driver, with `upstream` as the app."""
     global _seq
     _seq += 1
     upstream = upstream or FakeUpstream()
     ex = Exchange(method, target, "1.1", list(headers), "127.0.0.1", request_id=f"test-{_seq}")
-    reply: Reply | None = None
-    seen_by_app = None
-    if hooks is not None and hooks.on_request is not None:
-        reply = hooks.on_request(ex)
-    if reply is None:
-        seen_by_app = list(ex.request_headers)
-        ex.status = upstream.status
-        ex.response_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers.items()]
-        ex.t_response = time.monotonic()
-        if hooks is not None and hooks.on_response_head is not None:
-            reply = hooks.on_response_head(ex)
-    if reply is not None:
-        ex.replaced = True
-        ex.status = reply.status
-        ex.response_headers = reply.headers
-        if reply.file is not None:
-            with open(reply.file, "rb") as f:
-                body = f.read()
-        else:
-            body = reply.body
-    else:
-        body = upstream.body.encode()
-    if method == "HEAD" or ex.status in (204, 304) or ex.status < 200:
-        body = b""  # as on the wire: no body whatever the reply or the app had
-    ex.t_response = ex.t_response or time.monotonic()
-    ex.bytes_out = len(body)
-    ex.t_end = time.monotonic()
-    if hooks is not None and hooks.on_complete is not None:
-        hooks.on_complete(ex)
-    return Outcome(ex.status, list(ex.response_headers or []), body, ex.replaced, seen_by_app, ex.route, ex)
+
+    def app(_: Exchange) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        return (upstream.status, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers.items()],
+                upstream.body.encode())
+
+    return driver.simulate(hooks, ex, app)
 
 
 def _header(headers: list[tuple[bytes, bytes]] | None, name: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from decorator.proxy.hooks import Exchange, Hooks, Reply, chain
+from decorator.proxy.hooks import Exchange, Hooks, Interest, Reply, chain
 from tests.proxy.conftest import open_client, read_response, roundtrip
 
 
@@ -220,15 +220,15 @@ async def test_response_phase_reply_to_head_and_204(upstream, make_proxy):
     assert upstream.connections == 1
 
 
-async def test_response_statuses_prefilter(upstream, make_proxy):
-    """on_response_head is skipped for statuses the hooks did not ask for; chain() keeps the promise."""
+async def test_response_interest_by_status(upstream, make_proxy):
+    """on_response_head is skipped for statuses the hooks did not ask for; chain() keeps the interest."""
     async def handler(seen, writer, reader):
         code = int(seen.target.strip("/"))
         writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % code)
         return True
 
     class Only404(Hooks):
-        response_statuses = frozenset({404})
+        response_interest = Interest({404: None})
 
         def __init__(self) -> None:
             self.seen: list[int] = []
@@ -247,20 +247,20 @@ async def test_response_statuses_prefilter(upstream, make_proxy):
     for code in (200, 404, 500):
         assert (await roundtrip(px.port, b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % code)).status == code
     assert only.seen == [404]
-    assert chain(only, Recorder()).response_statuses == frozenset({404})
-    assert chain(only, Every()).response_statuses is None  # one part wants every status
+    assert chain(only, Recorder()).response_interest == Interest({404: None})
+    assert chain(only, Every()).response_interest is None  # one part wants every status
 
 
-async def test_path_head_promises_skip_hooks_for_other_paths(upstream, make_proxy):
-    """request_heads / response_heads: the tunnel calls a hook only for the first path segments
-    (per method, per status) it promised to care about; chain() merges the promises."""
+async def test_interest_by_first_segment_skips_hooks_for_other_paths(upstream, make_proxy):
+    """request_interest / response_interest: the tunnel calls a hook only for the first path
+    segments (per method, per status) it says it wants; chain() merges the interests."""
     async def handler(seen, writer, reader):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         return True
 
     class Api(Hooks):
-        request_heads = {"*": frozenset({"/api"}), "POST": None}   # every POST, other methods /api only
-        response_heads = {200: frozenset({"/api", "/x"})}
+        request_interest = Interest({"*": frozenset({"/api"}), "POST": None})  # every POST, else /api only
+        response_interest = Interest({200: frozenset({"/api", "/x"})})
 
         def __init__(self) -> None:
             self.requests: list[str] = []
@@ -286,12 +286,12 @@ async def test_path_head_promises_skip_hooks_for_other_paths(upstream, make_prox
             return None
 
     class Other(Hooks):
-        request_heads = {"*": frozenset({"/b"}), "GET": frozenset({"/c"})}
+        request_interest = Interest({"*": frozenset({"/b"}), "GET": frozenset({"/c"})})
 
         def on_request(self, ex):
             return None
 
-    assert chain(api, Recorder()).request_heads == Api.request_heads   # Recorder has no on_request
-    assert chain(api, Every()).request_heads is None                     # one part wants every path
-    merged = chain(api, Other()).request_heads
-    assert merged == {"*": frozenset({"/api", "/b"}), "POST": None, "GET": frozenset({"/api", "/c"})}
+    assert chain(api, Recorder()).request_interest == Api.request_interest  # Recorder has no on_request
+    assert chain(api, Every()).request_interest is None                      # one part wants every path
+    merged = chain(api, Other()).request_interest
+    assert merged == Interest({"*": frozenset({"/api", "/b"}), "POST": None, "GET": frozenset({"/api", "/c"})})

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from decorator.proxy.hooks import Interest
+
 import pytest
 
 from decorator.rules import match as match_mod
@@ -241,7 +243,7 @@ def test_view_shape():
     assert exchange_view(ex)["error"] == "upstream_timeout"
 
 
-def test_response_statuses_promised_only_when_every_response_rule_names_statuses(tmp_path):
+def test_response_interest_by_status_only_when_every_response_rule_names_statuses(tmp_path):
     from tests.rules.helpers import hooks_for
 
     card = tmp_path / "card.yaml"
@@ -249,15 +251,15 @@ def test_response_statuses_promised_only_when_every_response_rule_names_statuses
                     "  - name: t\n    record: {timing: true}\n  - name: s\n    match: {status: 5xx}\n"
                     "    headers: {response: {set: {X-Err: '1'}}}\n")
     hooks, _ = hooks_for(str(card))
-    assert hooks.response_statuses == frozenset({404, *range(500, 600)})
+    assert hooks.response_interest == Interest(dict.fromkeys({404, *range(500, 600)}))
     anyst = tmp_path / "any.yaml"
     anyst.write_text("rules:\n  - name: h\n    headers: {response: {set: {X-Frame-Options: DENY}}}\n")
     hooks, _ = hooks_for(str(anyst))
-    assert hooks.on_response_head is not None and hooks.response_statuses is None
+    assert hooks.on_response_head is not None and hooks.response_interest is None
 
 
-def test_path_head_promises(tmp_path):
-    """The compiled rules promise the tunnel the first path segments each phase can act on."""
+def test_interest_by_first_segment(tmp_path):
+    """The compiled rules tell the tunnel the first path segments each phase can act on."""
     keyed = tmp_path / "keyed.yaml"
     keyed.write_text(
         "rules:\n"
@@ -267,19 +269,18 @@ def test_path_head_promises(tmp_path):
         "  - {name: nf, match: {status: 404, method: [GET]}, respond: {body: x}}\n")
     hooks, _ = hooks_for(str(keyed))
     # Request phase: /old and the /api route template for every method; POST has a path-less regex rule.
-    assert hooks.request_heads == {"*": frozenset({"/old", "/api"}), "POST": None}
+    assert hooks.request_interest == Interest({"*": frozenset({"/old", "/api"}), "POST": None})
     # Response phase: 200 only for /api; 404 has a path-less rule (method-specific: no promise).
-    assert hooks.response_heads == {200: frozenset({"/api"}), 404: None}
-    assert hooks.response_statuses == frozenset({200, 404})
+    assert hooks.response_interest == Interest({200: frozenset({"/api"}), 404: None})  # no other status
 
     everywhere = tmp_path / "everywhere.yaml"
     everywhere.write_text("rules:\n  - {name: m, match: {path: /**}, respond: {status: 503}}\n"
                           "  - {name: h, headers: {response: {set: {X-A: '1'}}}}\n")
     hooks, _ = hooks_for(str(everywhere))
-    assert hooks.request_heads is None and hooks.response_heads is None  # path-less for every method
+    assert hooks.request_interest is None and hooks.response_interest is None  # path-less, every method
 
     param = tmp_path / "param.yaml"
     param.write_text("rules:\n  - {name: t, match: {path: '/{tenant}/items'}, record: {timing: true}}\n"
                      "  - {name: g, match: {path: /old/**}, respond: {status: 410}}\n")
     hooks, _ = hooks_for(str(param))
-    assert hooks.request_heads is None  # a route template starting with a parameter names any path
+    assert hooks.request_interest is None  # a route template starting with a parameter names any path
