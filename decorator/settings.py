@@ -1,7 +1,8 @@
 """Environment + flags -> one frozen Settings object for `decorator run`.
 
 Owns parsing and checking of every run-time knob (ports, timeouts, limits). Flags win over env.
-Imports only errors; knows nothing of sockets, rules or telemetry.
+Imports only errors, units and proxy.limits (the proxy owns its limits; settings fills them);
+knows nothing of sockets, rules or telemetry.
 """
 
 from __future__ import annotations
@@ -12,18 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from decorator.errors import UsageError
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def duration_seconds(text: str) -> float | None:
-    """'15', '15s', '500ms', '2m', '1h' -> seconds; None when `text` is not a duration.
-
-    The one duration grammar: flags and env here, and the rules language (rules.base) use it.
-    """
-    m = _DURATION.match(text)
-    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+from decorator.proxy.limits import Limits
+from decorator.units import duration_seconds, size_bytes
 
 
 def parse_duration(text: str, what: str) -> float:
@@ -60,11 +51,10 @@ def parse_target(text: str, what: str) -> tuple[str, int]:
 
 
 def parse_size(text: str, what: str) -> int:
-    m = re.match(r"^\s*(\d+)\s*([kKmM]i?[bB]?)?\s*$", str(text))
-    if not m:
+    size = size_bytes(str(text))
+    if size is None:
         raise UsageError(f"{what}: expected a size such as 32768, 32k or 1m, got {text!r}")
-    mult = {"k": 1024, "m": 1024 * 1024}.get((m.group(2) or " ")[0].lower(), 1)
-    return int(m.group(1)) * mult
+    return size
 
 
 def parse_positive(text: str, what: str) -> int:
@@ -75,22 +65,6 @@ def parse_positive(text: str, what: str) -> int:
     if n < 1:
         raise UsageError(f"{what}: expected a positive whole number, got {n}")
     return n
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one client may cost the sidecar (slowloris, header floods, connection floods)."""
-
-    max_header_size: int = 32 * 1024       # whole request head (request line + headers) -> 431 past it
-    max_headers: int = 100                 # header fields in one head -> 431 past it
-    max_connections: int = 10_000          # concurrent client connections; more are refused
-    header_timeout: float = 10.0           # a request head must arrive within this (slowloris) -> 408
-    idle_timeout: float = 60.0             # keep-alive connection with no request in flight
-    body_timeout: float = 60.0             # no request body byte for this long -> connection closed
-    connect_timeout: float = 5.0           # connecting to the app -> 502
-    upstream_timeout: float = 60.0         # waiting for the app's response head -> 504
-    upstream_idle_timeout: float = 30.0    # pooled idle upstream connection kept this long
-    max_idle_upstream: int = 256           # pooled idle upstream connections kept
 
 
 @dataclass(frozen=True)

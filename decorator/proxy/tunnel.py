@@ -23,7 +23,7 @@ from decorator.errors import UpstreamError
 from decorator.proxy import http
 from decorator.proxy.hooks import Exchange, Hooks, Reply
 from decorator.proxy.upstream import UpstreamConnection, UpstreamPool
-from decorator.settings import Limits
+from decorator.proxy.limits import Limits
 
 log = logging.getLogger("decorator.proxy")
 access_log = logging.getLogger("decorator.access")
