@@ -34,15 +34,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from decorator.dashboard.store import Store, StoreConfig
-from decorator.dashboard.wire import (
+from decorator.errors import UsageError
+from decorator.units import duration_seconds
+from decorator.wire.models import (
     EventPayload,
     ResourcesPayload,
     SeedStatsPayload,
     StatsPayload,
     is_seed_stats,
 )
-from decorator.errors import UsageError
-from decorator.units import duration_seconds
 
 STATIC = Path(__file__).with_name("static")
 MAX_BODY = 4 * 1024 * 1024          # both the compressed and the decompressed body

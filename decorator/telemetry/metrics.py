@@ -25,9 +25,9 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from decorator.dashboard.buckets import LATENCY_BOUNDS_MS, N_BUCKETS
 from decorator.proxy.hooks import Exchange, Hooks
 from decorator.telemetry.aggregate import ALL_FIELDS, Aggregator, Endpoints
+from decorator.wire.stats import LATENCY_BOUNDS_MS, N_BUCKETS
 
 log = logging.getLogger("decorator.telemetry")
 

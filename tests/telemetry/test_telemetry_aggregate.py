@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from decorator.dashboard.wire import LATENCY_BOUNDS_MS, N_BUCKETS, StatsPayload
 from decorator.telemetry.aggregate import Aggregator, Endpoints, collapse_path, is_file
+from decorator.wire.models import StatsPayload
+from decorator.wire.stats import LATENCY_BOUNDS_MS, N_BUCKETS
 from tests.telemetry.helpers import make_ex
 
 
