@@ -254,9 +254,6 @@ class Aggregator:
         return {"pod": pod, "time": now, "interval": round(interval, 3),
                 "endpoints": endpoints, "samples": samples}
 
-    def recent_errors(self) -> list[dict[str, Any]]:
-        return [s for _, s in self._ring]
-
     def totals(self) -> dict[str, Any]:
         """Cumulative numbers since start, for /status."""
         status = [0, 0, 0, 0, 0]
