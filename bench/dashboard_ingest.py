@@ -28,7 +28,8 @@ from pathlib import Path
 import httpx
 
 from decorator.dashboard.store import Store
-from decorator.dashboard.wire import N_BUCKETS, StatsPayload
+from decorator.wire.models import StatsPayload
+from decorator.wire.stats import N_BUCKETS
 
 TARGET = 5_000
 

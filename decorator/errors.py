@@ -57,7 +57,3 @@ class ProxyError(DecoratorError):
 
 class UpstreamError(ProxyError):
     """The app refused, reset or broke the connection: the client gets 502."""
-
-
-class UpstreamTimeout(ProxyError):
-    """The app did not answer within the upstream timeout: the client gets 504."""

@@ -1,7 +1,8 @@
 """Environment + flags -> one frozen Settings object for `decorator run`.
 
 Owns parsing and checking of every run-time knob (ports, timeouts, limits). Flags win over env.
-Imports only errors; knows nothing of sockets, rules or telemetry.
+Imports only errors, units and proxy.limits (the proxy owns its limits; settings fills them);
+knows nothing of sockets, rules or telemetry.
 """
 
 from __future__ import annotations
@@ -13,18 +14,7 @@ from dataclasses import dataclass, field
 
 from decorator.errors import UsageError
 from decorator.proxy.limits import Limits
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def duration_seconds(text: str) -> float | None:
-    """'15', '15s', '500ms', '2m', '1h' -> seconds; None when `text` is not a duration.
-
-    The one duration grammar: flags and env here, and the rules language (rules.base) use it.
-    """
-    m = _DURATION.match(text)
-    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+from decorator.units import duration_seconds, size_bytes
 
 
 def parse_duration(text: str, what: str) -> float:
@@ -61,11 +51,10 @@ def parse_target(text: str, what: str) -> tuple[str, int]:
 
 
 def parse_size(text: str, what: str) -> int:
-    m = re.match(r"^\s*(\d+)\s*([kKmM]i?[bB]?)?\s*$", str(text))
-    if not m:
+    size = size_bytes(str(text))
+    if size is None:
         raise UsageError(f"{what}: expected a size such as 32768, 32k or 1m, got {text!r}")
-    mult = {"k": 1024, "m": 1024 * 1024}.get((m.group(2) or " ")[0].lower(), 1)
-    return int(m.group(1)) * mult
+    return size
 
 
 def parse_positive(text: str, what: str) -> int:

@@ -34,15 +34,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from decorator.dashboard.store import Store, StoreConfig
-from decorator.dashboard.wire import (
+from decorator.errors import UsageError
+from decorator.units import duration_seconds
+from decorator.wire.models import (
     EventPayload,
     ResourcesPayload,
     SeedStatsPayload,
     StatsPayload,
     is_seed_stats,
 )
-from decorator.errors import UsageError
-from decorator.settings import parse_duration
 
 STATIC = Path(__file__).with_name("static")
 MAX_BODY = 4 * 1024 * 1024          # both the compressed and the decompressed body
@@ -166,10 +166,9 @@ def create_app(db_path: str | Path, retention: float = 24 * 3600.0, token: str |
 
     def window_of(request: Request) -> float:
         text = request.query_params.get("window", "15m")
-        try:
-            w = parse_duration(text, "window")
-        except UsageError as e:
-            raise _Reject(400, str(e)) from None
+        w = duration_seconds(text)
+        if w is None:
+            raise _Reject(400, f"window: expected a duration such as 15m, 1h or 90s, got {text!r}")
         return min(max(w, 60.0), retention)
 
     def pod_of(request: Request) -> str | None:

@@ -17,14 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from decorator.dashboard.wire import (
-    LATENCY_BOUNDS_MS,
-    N_BUCKETS,
-    STATUS_CLASSES,
-    EventPayload,
-    ResourcesPayload,
-    StatsPayload,
-)
+from decorator.wire.models import EventPayload, ResourcesPayload, StatsPayload
+from decorator.wire.stats import LATENCY_BOUNDS_MS, N_BUCKETS, STATUS_CLASSES
 
 Clock = Callable[[], float]
 

@@ -1,7 +1,6 @@
-"""The proxy's limits: what one client may cost the sidecar.
+"""What one client may cost the sidecar: the tunnel's limits and timeouts, as one frozen value.
 
-Owns the Limits record the tunnel and the pool read; settings.py fills it from flags and env.
-Imports nothing from the package.
+Owned by the proxy (the tunnel reads it; settings only fills it from flags). Imports nothing.
 """
 
 from __future__ import annotations

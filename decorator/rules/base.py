@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from decorator.settings import duration_seconds
+from decorator.units import DURATION_PATTERN, duration_seconds
 
 
 class Strict(BaseModel):
@@ -43,7 +43,7 @@ Duration = Annotated[
     float,
     BeforeValidator(parse_seconds, json_schema_input_type=(
         Annotated[float, Field(ge=0)]
-        | Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$")])),
+        | Annotated[str, Field(pattern=DURATION_PATTERN)])),
 ]
 """Seconds; written as a number or a string with a unit: 500ms, 60s, 2m, 1h."""
 

@@ -1,7 +1,8 @@
 """Telemetry: per-endpoint aggregation, pod resources, the push to the dashboard and Prometheus metrics.
 
 The request path only ever calls `Aggregator.record` and `Metrics.observe` (through TelemetryHooks);
-everything that waits runs in the pusher's tasks. Must not import rules, settings or proxy internals.
+everything that waits runs in the pusher's tasks. Imports proxy.hooks and wire.stats; must not import
+rules, settings, dashboard, other proxy modules or pydantic (idle RSS: payloads are plain dicts).
 """
 
 from __future__ import annotations

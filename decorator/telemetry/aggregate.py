@@ -1,7 +1,8 @@
 """Per-endpoint aggregation of exchanges: counts, status classes, latency histogram, bytes, recent errors.
 
 Owns endpoint naming (route template, else the path with ids collapsed; a cap with an `other` overflow)
-and the StatsPayload deltas the pusher sends. Must not import rules or proxy internals (only proxy.hooks).
+and the StatsPayload deltas the pusher sends (as plain dicts, by wire.stats' numbers). Must not import
+rules, settings, dashboard or proxy internals (only proxy.hooks), nor pydantic.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from decorator.dashboard.buckets import LATENCY_BOUNDS_MS, N_BUCKETS, STATUS_CLASSES
 from decorator.proxy.hooks import Exchange
+from decorator.wire.stats import LATENCY_BOUNDS_MS, MAX_METHOD, MAX_SHORT, MAX_TEXT, N_BUCKETS, STATUS_CLASSES
 
 ALL_FIELDS: frozenset[str] = frozenset({"timing", "status", "size"})
 OTHER = "other"  # the endpoint every exchange past the cap is counted under
@@ -38,7 +39,6 @@ _ID_SEGMENT = re.compile(
 _FILE = re.compile(r"\.[0-9a-z]+$", re.IGNORECASE)  # the seed's isFile
 _CACHE_MAX = 4096          # distinct raw paths whose collapsed form is remembered
 _CACHE_PATH_MAX = 256      # longer paths are collapsed every time rather than pinned in memory
-MAX_NAME = 2048            # the wire format's limit on endpoint names and sample paths
 
 
 def collapse_path(path: str) -> str:
@@ -52,7 +52,7 @@ def collapse_path(path: str) -> str:
                 parts[i] = "{id}" + (m.group(1) or "")
                 changed = True
     out = "/".join(parts) if changed else path
-    return out if len(out) <= MAX_NAME else out[:MAX_NAME]
+    return out if len(out) <= MAX_TEXT else out[:MAX_TEXT]
 
 
 def is_file(path: str) -> bool:
@@ -98,8 +98,8 @@ class Endpoints:
                     if len(self._cache) >= _CACHE_MAX:
                         self._cache.clear()  # cheaper than LRU bookkeeping on every hit
                     self._cache[path] = name
-        elif len(name) > MAX_NAME:
-            name = name[:MAX_NAME]
+        elif len(name) > MAX_TEXT:
+            name = name[:MAX_TEXT]
         key = (method, name)
         if key in self._known:
             return key
@@ -226,13 +226,13 @@ class Aggregator:
         self._seq += 1
         self.errors_total += 1
         self._ring.append((self._seq, {
-            "endpoint": ex.path[:MAX_NAME],
+            "endpoint": ex.path[:MAX_TEXT],
             "route": name,
-            "method": ex.method[:32],
+            "method": ex.method[:MAX_METHOD],
             "status": ex.status if 0 <= ex.status <= 999 else None,
             "time_ms": round(ms, 3),
             "started": ex.started_at,
-            "request_id": ex.request_id[:256] or None,
+            "request_id": ex.request_id[:MAX_SHORT] or None,
             "error": ex.error,
         }))
 
@@ -253,9 +253,6 @@ class Aggregator:
         self._last_snapshot = now
         return {"pod": pod, "time": now, "interval": round(interval, 3),
                 "endpoints": endpoints, "samples": samples}
-
-    def recent_errors(self) -> list[dict[str, Any]]:
-        return [s for _, s in self._ring]
 
     def totals(self) -> dict[str, Any]:
         """Cumulative numbers since start, for /status."""

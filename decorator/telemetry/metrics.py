@@ -25,9 +25,9 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from decorator.dashboard.buckets import LATENCY_BOUNDS_MS, N_BUCKETS
 from decorator.proxy.hooks import Exchange, Hooks
 from decorator.telemetry.aggregate import ALL_FIELDS, Aggregator, Endpoints
+from decorator.wire.stats import LATENCY_BOUNDS_MS, N_BUCKETS
 
 log = logging.getLogger("decorator.telemetry")
 
@@ -64,8 +64,6 @@ KNOWN: dict[str, tuple[str, str, str, str | None]] = {
     "bad_requests": ("decorator_bad_requests", "counter", "Requests refused as malformed or too large.", None),
     "upstream_errors": ("decorator_upstream_errors", "counter",
                         "Connections to the app that failed or broke (502).", None),
-    "upstream_connect_errors": ("decorator_upstream_connect_errors", "counter",
-                                "Connections to the app that could not be opened.", None),
     "upstream_timeouts": ("decorator_upstream_timeouts", "counter", "App answers that timed out (504).", None),
     "hook_errors": ("decorator_hook_errors", "counter", "Hooks that raised (the exchange went on).", None),
     "replies": ("decorator_replies", "counter", "Answers sent by a hook or the proxy instead of the app.", None),

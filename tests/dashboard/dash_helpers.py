@@ -12,7 +12,7 @@ import uvicorn
 
 from decorator.dashboard.server import _bind, create_app
 from decorator.dashboard.store import Store
-from decorator.dashboard.wire import N_BUCKETS, bucket_index
+from decorator.wire.stats import N_BUCKETS, bucket_index
 
 
 class Clock:

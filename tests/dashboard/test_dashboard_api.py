@@ -11,7 +11,7 @@ import pytest
 from dash_helpers import endpoint, resources, stats
 
 from decorator.dashboard.store import quantile
-from decorator.dashboard.wire import N_BUCKETS, bucket_index
+from decorator.wire.stats import N_BUCKETS, bucket_index
 
 SEED_STATS = {"pod": "x-1", "stats": [
     {"endpoint": "/", "method": "GET", "response": {"status": "200", "state": "OK"}, "time": "9ms",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from decorator.proxy.tunnel import ProxyServer
-from decorator.settings import Limits
+from decorator.proxy.limits import Limits
 from tests.support import free_port, wait_port  # noqa: F401 - re-exported for the proxy tests
 
 

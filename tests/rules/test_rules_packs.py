@@ -16,7 +16,7 @@ import pytest
 from decorator.proxy.tunnel import ProxyServer
 from decorator.rules import Runtime, compile_rules, load_rules
 from decorator.rules.load import pack_units
-from decorator.settings import Limits
+from decorator.proxy.limits import Limits
 from tests.rules.helpers import Receiver, closed_port
 
 ROOT = Path(__file__).resolve().parents[2]

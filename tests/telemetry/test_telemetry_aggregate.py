@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from decorator.dashboard.wire import LATENCY_BOUNDS_MS, N_BUCKETS, StatsPayload
 from decorator.telemetry.aggregate import Aggregator, Endpoints, collapse_path, is_file
+from decorator.wire.models import StatsPayload
+from decorator.wire.stats import LATENCY_BOUNDS_MS, N_BUCKETS
 from tests.telemetry.helpers import make_ex
 
 
@@ -150,7 +151,7 @@ def test_error_ring_is_bounded_and_samples_are_sent_once():
         agg.record(make_ex(f"/e/{i}", status=502, ms=2, request_id=f"r{i}", error="upstream_refused"))
     agg.record(make_ex("/ok", status=200))
     agg.record(make_ex("/gone", status=0, error="client_closed"))
-    assert len(agg.recent_errors()) == 5
+    assert agg.totals()["recent_errors"] == 5
     snap = agg.snapshot_delta()
     assert [s["request_id"] for s in snap["samples"]] == ["r16", "r17", "r18", "r19", None]
     s = snap["samples"][0]

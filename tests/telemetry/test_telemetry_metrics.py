@@ -79,7 +79,7 @@ def test_sources_are_read_at_scrape_time():
     m = Metrics(process=False)
     m.add_source(lambda: counters)
     m.add_source(lambda: reload)
-    m.add_source(lambda: {"upstream_connect_errors": 5, "odd key!": {"a": 1}}, label="kind")
+    m.add_source(lambda: {"connect_errors": 5, "odd key!": {"a": 1}}, label="kind")
     counters["rule_hits"]["page-on-5xx"] = 7          # changed after add_source: the scrape sees it
     counters["rule_hits"]["other-rule"] = 1
     fams = scrape(m)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from decorator.dashboard.wire import ResourcesPayload, StatsPayload
 from decorator.telemetry import Aggregator, Metrics, Pusher, Resources
+from decorator.wire.models import ResourcesPayload, StatsPayload
 from tests.telemetry.helpers import Receiver, make_ex, wait_until
 from tests.support import free_port
 

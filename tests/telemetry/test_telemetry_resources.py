@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from decorator.dashboard.wire import ResourcesPayload
 from decorator.telemetry.resources import Cgroup, Resources, parse_proc_cgroup, pod_name
+from decorator.wire.models import ResourcesPayload
 
 DATA = Path(__file__).parent / "data"
 MiB = 1024 * 1024

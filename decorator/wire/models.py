@@ -1,7 +1,8 @@
 """The wire format between sidecars and the dashboard: pydantic models for every POST body.
 
-Owns the payload shapes, their limits and the shared latency histogram bounds; both the sidecar's
-pusher and the dashboard import it. Must not import anything else from the package (no proxy, rules).
+Owns the payload shapes and their limits; the dashboard validates every body with them and tests check
+what the sidecar builds against them. The sidecar never imports this at run time (it would load
+pydantic): telemetry builds plain dicts from wire.stats. Imports only wire.stats from the package.
 """
 
 from __future__ import annotations
@@ -9,10 +10,17 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from decorator.dashboard.buckets import LATENCY_BOUNDS_MS, N_BUCKETS, STATUS_CLASSES, bucket_index
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
-# Upper bounds (ms, inclusive) of the latency histogram buckets; one more bucket counts the overflow.
+from decorator.wire.stats import (
+    LATENCY_BOUNDS_MS,
+    MAX_METHOD,
+    MAX_SHORT,
+    MAX_TEXT,
+    N_BUCKETS,
+    STATUS_CLASSES,
+    bucket_index,
+)
 
 # Limits keep one payload from costing the dashboard much; the sidecar's own caps are far lower.
 MAX_ENDPOINTS = 5_000
@@ -31,9 +39,9 @@ def _clip(limit: int):
 
 # Free text (error messages, alert text) is cut to length rather than refused: a long message must not
 # cost the whole push. Names and ids are refused when too long: they are keys.
-FreeText = Annotated[str, _clip(2048)]
-Text = Annotated[str, StringConstraints(max_length=2048)]
-Short = Annotated[str, StringConstraints(max_length=256)]
+FreeText = Annotated[str, _clip(MAX_TEXT)]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
+Short = Annotated[str, StringConstraints(max_length=MAX_SHORT)]
 Count = Annotated[int, Field(ge=0, le=_BIG)]
 Amount = Annotated[float, Field(ge=0, le=1e15)]
 Stamp = Annotated[float, Field(ge=0, le=1e13)]
@@ -102,8 +110,8 @@ class StatusCounts(_Wire):
 class EndpointStats(_Wire):
     """Deltas for one (endpoint, method) since the sidecar's previous push."""
 
-    endpoint: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
-    method: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    endpoint: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]
+    method: Annotated[str, StringConstraints(min_length=1, max_length=MAX_METHOD)]
     count: Count
     status: StatusCounts = Field(default_factory=StatusCounts)
     latency_ms_sum: Amount = 0
@@ -126,7 +134,7 @@ class Sample(_Wire):
 
     endpoint: Text
     route: Text | None = None
-    method: Annotated[str, StringConstraints(max_length=32)] = ""
+    method: Annotated[str, StringConstraints(max_length=MAX_METHOD)] = ""
     status: Annotated[int, Field(ge=0, le=999)] | None = None
     time_ms: Amount = 0
     started: Stamp | None = None
@@ -151,8 +159,8 @@ class SeedResponse(_Wire):
 
 
 class SeedSample(_Wire):
-    endpoint: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
-    method: Annotated[str, StringConstraints(max_length=32)] = "GET"
+    endpoint: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]
+    method: Annotated[str, StringConstraints(max_length=MAX_METHOD)] = "GET"
     response: SeedResponse | None = None
     time: float | Short | None = None     # node sent a number of ms; part 2.5 sent "9ms"
     started: Stamp | None = None          # Date.getTime(): epoch milliseconds
@@ -229,7 +237,7 @@ class EventResponse(_Wire):
 class EventPayload(_Wire):
     """A notify webhook: a rule fired (alone or counted over a window)."""
 
-    event: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    event: Annotated[str, StringConstraints(min_length=1, max_length=MAX_SHORT)]
     rule: Short | None = None
     pod: Annotated[str, StringConstraints(strip_whitespace=True, max_length=253)] | None = None
     time: Stamp | None = None
