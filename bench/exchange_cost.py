@@ -8,18 +8,23 @@ Python work decorator adds per exchange, with the hooks `decorator run` would at
     .venv/bin/python bench/exchange_cost.py                          # tunnel + telemetry (the `decorator` row)
     .venv/bin/python bench/exchange_cost.py --rules bench/rules/card.yaml
     .venv/bin/python bench/exchange_cost.py --no-hooks --browser     # bare tunnel, a 10-field browser request
-    .venv/bin/python bench/exchange_cost.py --profile                # cProfile of 100k exchanges
+    .venv/bin/python bench/exchange_cost.py --profile                # cProfile of 100k exchanges (pure Python)
     LOOPN=2000 valgrind --tool=callgrind .venv/bin/python bench/exchange_cost.py   # instructions (see --help)
 
 It prints ns per exchange (best of 5 runs of 100k). For instruction counts, run it under callgrind
 twice with LOOPN=2000 and LOOPN=6000 (just that many exchanges, no timing) and divide the
 difference by 4000: start-up cancels out and the figure is deterministic.
+
+The hot path is compiled with Cython when a compiler was present at install; cProfile cannot see
+into compiled functions, so --profile re-runs itself with DECORATOR_PURE_PYTHON=1 (the pure-Python
+build of the same code). The other modes measure whichever build is imported, and say which.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import os
 import sys
 import timeit
@@ -109,7 +114,14 @@ async def main(args: argparse.Namespace) -> None:
     best = min(timeit.repeat(one, number=n, repeat=5))
     hooks = "no hooks" if args.no_hooks else ("telemetry + rules " + " ".join(args.rules) if args.rules
                                               else "telemetry")
-    print(f"{best / n * 1e9:.0f} ns per exchange ({hooks}; {'browser' if args.browser else 'wrk'} request)")
+    print(f"{best / n * 1e9:.0f} ns per exchange ({hooks}; {'browser' if args.browser else 'wrk'} request; "
+          f"{build()} build)")
+
+
+def build() -> str:
+    """'compiled' when the tunnel's module was loaded from an extension module, else 'pure'."""
+    path = inspect.getfile(sys.modules[ClientConnection.__module__])
+    return "pure" if path.endswith(".py") else "compiled"
 
 
 if __name__ == "__main__":
@@ -121,5 +133,13 @@ if __name__ == "__main__":
     a = p.parse_args()
     if a.no_hooks and a.rules:
         sys.exit("--no-hooks and --rules exclude each other")
+    if a.profile and os.environ.get("DECORATOR_PURE_PYTHON") != "1":
+        # The build is chosen at import, which has happened: start again with pure Python.
+        print("exchange_cost: --profile runs with DECORATOR_PURE_PYTHON=1 (cProfile cannot see into "
+              "compiled code)", file=sys.stderr)
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "DECORATOR_PURE_PYTHON": "1"})
+    if a.profile and build() != "pure":
+        print("exchange_cost: WARNING: DECORATOR_PURE_PYTHON=1 is set but the tunnel is still compiled; "
+              "the profile will not show its functions", file=sys.stderr)
     uvloop.install()
     asyncio.run(main(a))

@@ -1,7 +1,8 @@
 """Ratio table for `bench/run.sh`: reads the table peers.sh printed and checks the issues' targets.
 
-Owns parsing of peers.sh's report and the target list (issue 3: the tunnel against nginx and
-direct; issue 4: rules against no rules). Standard library only: runs with any python3.
+Owns parsing of peers.sh's report and the target list (Tunnel v2: the tunnel against nginx and
+against round 1's code, the `round1` row; issue 3: memory; issue 4: rules against no rules).
+Standard library only: runs with any python3.
 
     python3 bench/ratios.py PEERS_OUTPUT [--soak SOAK.json] [--markdown]
 
@@ -89,16 +90,27 @@ def round_ratios(rounds: list[dict], label: str) -> list[float]:
 def targets(rows: dict, soak: dict | None, rules_active: bool = True,
             rounds: list[dict] | None = None) -> list[Target]:
     d = "decorator"
+    # Tunnel v2's targets replace issue 3's req/s >= 1.00x, p99 <= 1.5x and CPU <= 1.5x nginx. Issue 3's
+    # req/s >= 0.75x direct is kept as information: v2 sets its req/s floor against nginx (0.7x, about
+    # 0.64x direct on this box), so a proxy meeting v2 would fail it.
     out = [
-        ratio(rows, "decorator req/s / nginx req/s", (d, "rps"), ("nginx", "rps"), ">= 1.00",
-              lambda r: r >= 1.0),
-        ratio(rows, "decorator req/s / direct req/s", (d, "rps"), ("direct", "rps"), ">= 0.75",
-              lambda r: r >= 0.75),
-        ratio(rows, "decorator p99 / nginx p99", (d, "p99"), ("nginx", "p99"), "<= 1.50",
-              lambda r: r <= 1.5),
-        ratio(rows, "decorator cpuus/r / nginx cpuus/r", (d, "cpu_us"), ("nginx", "cpu_us"), "<= 1.50",
-              lambda r: r <= 1.5),
+        ratio(rows, "decorator cpuus/r / round1 cpuus/r", (d, "cpu_us"), ("round1", "cpu_us"), "<= 0.60",
+              lambda r: r <= 0.6),
+        ratio(rows, "decorator cpuus/r / nginx cpuus/r", (d, "cpu_us"), ("nginx", "cpu_us"), "<= 1.40",
+              lambda r: r <= 1.4),
+        ratio(rows, "decorator req/s / nginx req/s", (d, "rps"), ("nginx", "rps"), ">= 0.70",
+              lambda r: r >= 0.7),
+        ratio(rows, "decorator p99 / nginx p99", (d, "p99"), ("nginx", "p99"), "<= 1.30",
+              lambda r: r <= 1.3),
+        ratio(rows, "decorator req/s / round1 req/s", (d, "rps"), ("round1", "rps"), "info", lambda r: None),
+        ratio(rows, "decorator req/s / direct req/s", (d, "rps"), ("direct", "rps"), "info (issue 3: >= 0.75)",
+              lambda r: None),
     ]
+    if "decorator-pure" in rows:
+        # Pure-Python mode may cost at most 5% more than round 1's code; instructions.sh gives the
+        # deterministic figure, this one moves with the box.
+        out.append(ratio(rows, "decorator-pure cpuus/r / round1 cpuus/r", ("decorator-pure", "cpu_us"),
+                         ("round1", "cpu_us"), "<= 1.05", lambda r: r <= 1.05))
     if "uvloop-pump" in rows:
         # The floor: CPython + uvloop copying bytes, no HTTP work (bench/floor_pump.py). Info only:
         # it shows how much of the gap to nginx is there before any request is understood.
@@ -156,7 +168,7 @@ def targets(rows: dict, soak: dict | None, rules_active: bool = True,
                               bool(spread) and spread <= 1.10))
             if soak.get("errors"):
                 out.append(Target("soak: failed requests", soak["errors"], str(soak["errors"]), "0", False))
-    for label in ("direct", "nginx", d, "decorator+rules", "decorator+100rules"):
+    for label in ("direct", "nginx", "round1", d, "decorator-pure", "decorator+rules", "decorator+100rules"):
         row = rows.get(label)
         if row is not None and "missing" not in row and row.get("check") != "ok":
             out.append(Target(f"{label} correctness check", None, str(row.get("check")), "ok", False))

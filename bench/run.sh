@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # bench/run.sh — decorator against nginx, haproxy, node-ambassador and the bare upstream, in one run,
-# then the ratios against the targets of issue 3 (tunnel) and issue 4 (rules), and the RSS soak.
+# then the ratios against the targets of Tunnel v2 (the tunnel against nginx and round 1), issue 3
+# (memory) and issue 4 (rules), and the RSS soak.
 #
 #   bash bench/run.sh                  # or: make bench
 #   DURATION=3 REPEATS=1 SOAK=0 bash bench/run.sh   # quick look (figures too noisy to quote)
 #
 # The measuring is done by the shared peers.sh (nginx upstream answering "hello world\n", wrk -c50,
-# proxy pinned to its own core); this script adds three decorator rows to the same run:
-#   decorator            no rules
+# proxy pinned to its own core); this script adds these rows to the same run:
+#   round1               `decorator run` at BASELINE (ba5ed83, the end of round 1), a `git archive` of
+#                        that commit run on the same venv (bench/baseline.sh)
+#   decorator            no rules (the compiled build when there is one)
+#   decorator-pure       the same with DECORATOR_PURE_PYTHON=1 (not in the default ROWS)
 #   decorator+rules      the three design-card rules (bench/rules/card.yaml)
 #   decorator+100rules   the same plus 100 rules that never match (bench/rules/nomatch100.yaml)
 #   uvloop-pump          bench/floor_pump.py: CPython + uvloop copying bytes with no HTTP work (the floor)
@@ -15,8 +19,9 @@
 #
 # Environment (defaults):
 #   PEERS=<repo>/../shared/bench/peers.sh    the shared benchmark script
-#   ROWS="direct nginx haproxy node-ambassador uvloop-pump decorator decorator+rules decorator+100rules"
-#         (add mitmproxy proxy.py node-amb+telemetry for those rows; they need SKIP_INSTALL=0)
+#   ROWS="direct nginx haproxy node-ambassador uvloop-pump round1 decorator decorator+rules decorator+100rules"
+#         (add decorator-pure; add mitmproxy proxy.py node-amb+telemetry for those rows, with SKIP_INSTALL=0)
+#   BASELINE=ba5ed83                 the commit the round1 row runs (BASELINE_TREE=<dir>: an exported tree)
 #   DURATION=10 REPEATS=3 CONNS=50   forwarded to peers.sh (as are PX_PORT=18080 UP_PORT=18087,
 #         WRK_CPUS/UP_CPUS/PROXY_CPUS with peers.sh's placement: proxy alone on CPU 1)
 #   NA_MIRROR=/tmp/na                node-ambassador tree or git dir (see the hint printed if missing)
@@ -37,7 +42,7 @@ REPO=$(cd "$HERE/.." && pwd)
 PEERS=${PEERS:-$HERE/../../shared/bench/peers.sh}
 DECORATOR=${DECORATOR:-$REPO/.venv/bin/decorator}
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
-ROWS=${ROWS:-direct nginx haproxy node-ambassador uvloop-pump decorator decorator+rules decorator+100rules}
+ROWS=${ROWS:-direct nginx haproxy node-ambassador uvloop-pump round1 decorator decorator+rules decorator+100rules}
 SOAK=${SOAK:-1}
 RULES_ROUNDS=${RULES_ROUNDS:-3}
 SOAK_REQUESTS=${SOAK_REQUESTS:-1000000}
@@ -50,6 +55,11 @@ OUT=${OUT:-$WORKDIR/run}
 mkdir -p "$OUT"
 
 say() { echo "[bench] $*" >&2; }
+. "$HERE/baseline.sh"
+# The targets hold "on every machine", so every table names the one it ran on.
+CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
+[ -n "$CPU" ] || CPU=$(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo | head -1)
+CPU=${CPU:-unknown}
 
 if [ ! -f "$PEERS" ]; then
   say "peers.sh not found at $PEERS"
@@ -72,13 +82,23 @@ q() { printf '%q' "$1"; }
 CARD=$(q "$REPO/bench/rules/card.yaml")
 NOMATCH=$(q "$REPO/bench/rules/nomatch100.yaml")
 # peers.sh passes PORT and TARGET_PORT in the environment, which `decorator run` reads; settings
-# the caller may have exported for other purposes (rules, a dashboard, debug logs) must not leak in.
-RUN="env -u RULES -u DASHBOARD -u MOTHERSHIP -u LOG_LEVEL $(q "$DECORATOR") run --admin-port 0"
+# the caller may have exported for other purposes (rules, a dashboard, debug logs, pure mode, a
+# PYTHONPATH that would swap the code) must not leak in.
+CLEAN="env -u RULES -u DASHBOARD -u MOTHERSHIP -u LOG_LEVEL -u DECORATOR_PURE_PYTHON -u PYTHONPATH"
+RUN="$CLEAN $(q "$DECORATOR") run --admin-port 0"
 # The 100 non-matching rules come first so that any rule scanned in order is paid for on every request.
 DEC_ROWS=()
 for row in $ROWS; do
   case $row in
     decorator)          DEC_ROWS+=("decorator=$RUN");;
+    decorator-pure)     DEC_ROWS+=("decorator-pure=$CLEAN DECORATOR_PURE_PYTHON=1 $(q "$DECORATOR") run --admin-port 0");;
+    round1)
+      # python -P: neither the working directory nor the editable install may shadow the baseline.
+      if R1=$(baseline_tree "$REPO") && baseline_check "$PYTHON" "$R1"; then
+        DEC_ROWS+=("round1=$CLEAN PYTHONPATH=$(q "$R1") $(q "$PYTHON") -P -m decorator run --admin-port 0")
+      else
+        say "WARNING: the round1 row ($BASELINE) cannot run; its ratios will read n/a"
+      fi;;
     decorator+rules)    DEC_ROWS+=("decorator+rules=$RUN --rules $CARD");;
     decorator+100rules) DEC_ROWS+=("decorator+100rules=$RUN --rules $NOMATCH $CARD");;
     uvloop-pump)        DEC_ROWS+=("uvloop-pump=$(q "$PYTHON") $(q "$HERE/floor_pump.py")");;
@@ -125,6 +145,7 @@ fi
 
 say "peers.sh: $PEERS"
 say "rows: $ROWS; ${DURATION}s x $REPEATS, -c$CONNS; ports proxy=$PX_PORT upstream=$UP_PORT; workdir $WORKDIR"
+say "cpu: $CPU; round1 = $BASELINE"
 ONLY=$ROWS bash "$PEERS" "${DEC_ROWS[@]}" | tee "$OUT/peers.txt"
 peers_rc=${PIPESTATUS[0]}
 if [ "$peers_rc" = 2 ] || [ "$peers_rc" = 3 ]; then
@@ -159,10 +180,12 @@ if [ "$SOAK" = 1 ]; then
 fi
 
 echo
-echo "# ratios ($(date -u +%FT%TZ), ${DURATION}s x $REPEATS, -c$CONNS, proxy cpus ${PROXY_CPUS:-1})"
+HEADER="# ratios ($(date -u +%FT%TZ), $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null), cpu: $CPU, ${DURATION}s x $REPEATS, -c$CONNS, proxy cpus ${PROXY_CPUS:-1}, round1 = $BASELINE)"
+echo "$HEADER"
 python3 "$HERE/ratios.py" "$OUT/peers.txt" "${soak_args[@]}" "${round_args[@]}" "${RATIO_FLAGS[@]}" | tee "$OUT/ratios.txt"
 ratios_rc=${PIPESTATUS[0]}
-python3 "$HERE/ratios.py" "$OUT/peers.txt" "${soak_args[@]}" "${round_args[@]}" "${RATIO_FLAGS[@]}" --markdown >"$OUT/ratios.md"
+{ echo "$HEADER"; echo
+  python3 "$HERE/ratios.py" "$OUT/peers.txt" "${soak_args[@]}" "${round_args[@]}" "${RATIO_FLAGS[@]}" --markdown; } >"$OUT/ratios.md"
 say "results kept in $OUT (peers.txt, ratios.txt, ratios.md$([ "$SOAK" = 1 ] && echo ", soak.txt, soak.json"))"
 
 [ "$peers_rc" = 0 ] && [ "$ratios_rc" = 0 ] && exit 0
