@@ -297,8 +297,8 @@ async def test_a_raising_part_does_not_stop_the_rest_of_the_chain(upstream, make
     assert _names_exploding_part(decorator_log), [r.getMessage() for r in decorator_log.records]
 
 
-async def test_first_of_two_completion_hooks_raising_does_not_skip_the_second(upstream, make_proxy):
-    # Two parts take chain()'s two-part fast path for on_complete.
+async def test_two_part_chain_first_part_raising_does_not_skip_the_second(upstream, make_proxy):
+    # Two parts: on_complete takes chain()'s two-part fast path (call2), on_request the loop.
     last = LastPart()
     px = await make_proxy(upstream.port, hooks=chain(ExplodingPart(), last))
     r, w = await open_client(px.port)
