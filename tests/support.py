@@ -1,10 +1,17 @@
-"""Helpers every test package shares: free loopback ports and waiting for a port to listen."""
+"""Helpers every test package shares: free loopback ports, waiting for a port to listen, a threaded
+http.server app and a serial keep-alive latency probe."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import socket
+import statistics
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def free_port() -> int:
@@ -27,3 +34,35 @@ def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"port {port} not listening after {timeout}s")
+
+
+@contextlib.contextmanager
+def threaded_http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """Run an http.server handler class on 127.0.0.1 port 0 in a thread; yields the port."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def serial_latency_ms(port: int, paths: list[str], timeout: float = 5.0) -> float:
+    """Median milliseconds per request for `paths` sent one after another on one keep-alive
+    http.client connection (blocking: call it from a thread when the server runs on this loop)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    times = []
+    try:
+        for path in paths:
+            t0 = time.perf_counter()
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            times.append(time.perf_counter() - t0)
+            assert not r.will_close, f"{path}: the server closed a keep-alive connection"
+    finally:
+        c.close()
+    return statistics.median(times) * 1000

@@ -43,6 +43,12 @@ _USER = re.compile(r"^/api/users/(\d+)$")
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"     # keep-alive, as a real app behind a sidecar would
     server_version = "demo-app/1.0"
+    # The stdlib default (unbuffered wfile, Nagle on) sends the head and the body as two small
+    # writes, and the body waits for the peer's delayed ACK of the head: 40 ms per response on a
+    # keep-alive connection. Buffer the response (handle_one_request flushes it once, head and
+    # body together) and switch Nagle off for bodies bigger than the buffer.
+    wbufsize = -1
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
