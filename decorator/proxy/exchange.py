@@ -52,27 +52,24 @@ STATE_NAMES = (
 )
 
 
-def _moves(table: dict[int, tuple[int, ...]]) -> tuple[int, ...]:
+def _moves(side: int, table: dict[int, tuple[int, ...]]) -> tuple[int, ...]:
     """{state: allowed next states} -> one bitmask per state (a move is legal if its bit is set)."""
-    return tuple(sum(1 << to for to in table.get(s, ())) for s in range(max(table) + 1))
+    return tuple(sum(1 << to for to in table.get(s, ())) for s in range(len(STATE_NAMES[side])))
 
 
 # Every legal move, in one place. Anything else is a bug in the tunnel and raises.
 MOVES = (
-    _moves({REQ_BODY: (REQ_DONE,)}),
-    _moves({UP_NONE: (UP_CONNECTING, UP_WAITING, UP_DONE),
-            UP_CONNECTING: (UP_WAITING, UP_DONE),
-            UP_WAITING: (UP_CONNECTING, UP_WAITING, UP_BODY, UP_DISCARD, UP_TUNNEL, UP_DONE),
-            UP_BODY: (UP_DISCARD, UP_DONE),
-            UP_DISCARD: (UP_DONE,),
-            UP_TUNNEL: (UP_DONE,),
-            UP_DONE: ()}),
-    _moves({RESP_NONE: (RESP_APP, RESP_REPLY, RESP_TUNNEL, RESP_ABORTED),
-            RESP_APP: (RESP_DONE, RESP_ABORTED),
-            RESP_REPLY: (RESP_DONE, RESP_ABORTED),
-            RESP_TUNNEL: (RESP_DONE, RESP_ABORTED),
-            RESP_DONE: (),
-            RESP_ABORTED: ()}),
+    _moves(0, {REQ_BODY: (REQ_DONE,)}),
+    _moves(1, {UP_NONE: (UP_CONNECTING, UP_WAITING, UP_DONE),
+               UP_CONNECTING: (UP_WAITING, UP_DONE),
+               UP_WAITING: (UP_CONNECTING, UP_WAITING, UP_BODY, UP_DISCARD, UP_TUNNEL, UP_DONE),
+               UP_BODY: (UP_DISCARD, UP_DONE),
+               UP_DISCARD: (UP_DONE,),
+               UP_TUNNEL: (UP_DONE,)}),
+    _moves(2, {RESP_NONE: (RESP_APP, RESP_REPLY, RESP_TUNNEL, RESP_ABORTED),
+               RESP_APP: (RESP_DONE, RESP_ABORTED),
+               RESP_REPLY: (RESP_DONE, RESP_ABORTED),
+               RESP_TUNNEL: (RESP_DONE, RESP_ABORTED)}),
 )
 
 

@@ -219,3 +219,29 @@ def test_run_refuses_to_start_on_invalid_rules_with_the_same_messages(tmp_path):
     error_lines = [ln for ln in validate.stdout.splitlines() + validate.stderr.splitlines() if f"{bad}:" in ln]
     assert error_lines and all(ln in started.stderr for ln in error_lines)
     assert "listening" not in started.stderr
+
+
+def test_explain_follows_a_request_phase_reply_into_the_later_phases(tmp_path):
+    """A maintenance 503 made in the request phase is the status the complete phase sees: the
+    5xx alert shows as matching (it really fires), and the app's response phase is skipped."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(textwrap.dedent("""\
+        rules:
+          - name: maintenance
+            match: { path: "/**" }
+            respond: { status: 503, body: down }
+          - name: errors-page
+            match: { status: 5xx }
+            respond: { body: sorry }
+          - name: alert
+            match: { status: 5xx }
+            notify: { url: "http://127.0.0.1:9/events" }
+        """))
+    r = run("explain", "GET /shop", "--rules", str(rules))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("request: GET /shop   status: 503 (answered by the sidecar")
+    by_rule = {ln.split()[0]: ln for ln in lines[1:-1]}
+    assert " MATCH " in by_rule["maintenance"] and " MATCH " in by_rule["alert"]
+    assert "the request phase answered" in by_rule["errors-page"]
+    assert lines[-1] == "2 matches, 3 rules"
