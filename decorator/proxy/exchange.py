@@ -83,6 +83,9 @@ def check_move(side: int, current: int, new: int) -> None:
                                  f"{STATE_NAMES[side][new]} is not a legal move")
 
 
+_REQ_MOVES, _UP_MOVES, _RESP_MOVES = MOVES
+
+
 # ---- tuning --------------------------------------------------------------------------------------
 BUFFER_HIGH = 256 * 1024           # request body bytes held before the app is connected
 _DISCARD_MAX = 1024 * 1024         # app body bytes read and dropped after a reply replaced them
@@ -91,9 +94,71 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE
 _ERROR_NAMES = {502: "upstream", 504: "upstream_timeout"}
 
 
+class Host:
+    """What an exchange needs of the server it runs in (tunnel.ProxyServer is the one): the hooks new
+    exchanges take, the upstream pool, limits, counters, and where hook failures and access lines go."""
+
+    def __init__(self, limits: Any, pool: Any) -> None:
+        self.active_hooks: Hooks | None = None
+        self.pool = pool
+        self.limits = limits
+        self.stats: dict[str, int] = {}
+        self.draining = False
+        self.access_log = False
+
+    def hook_failed(self, fn: Any, ex: Exchange) -> None:
+        raise NotImplementedError
+
+    def log_access(self, ex: Exchange, now: float) -> None:
+        raise NotImplementedError
+
+
+class Downstream:
+    """What an exchange needs of its client connection (tunnel.ClientConnection is the one): the
+    output buffer, a few switches, and the calls below. The exchange calls them; the connection
+    calls the exchange's start(), request_body(), request_done(), check_timeout(), client_lost()."""
+
+    def __init__(self, server: Host) -> None:
+        self.server = server
+        self.out: list[bytes] = []
+        self.transport: Any = None
+        self.client = ""
+        self.client_b = b""
+        self.closed = False
+        self.draining = False
+        self.write_paused = False
+        self.active: Flow | None = None
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def exchange_finished(self, flow: Flow) -> None:
+        raise NotImplementedError
+
+    def pause_for_buffer(self) -> None:
+        raise NotImplementedError
+
+    def resume_after_buffer(self) -> None:
+        raise NotImplementedError
+
+    def pause_for_upstream(self) -> None:
+        raise NotImplementedError
+
+    def resume_for_upstream(self) -> None:
+        raise NotImplementedError
+
+    def become_tunnel(self, up: UpstreamConnection, rest: bytes, early: bytes) -> None:
+        raise NotImplementedError
+
+
 class Flow(Exchange):
-    """An Exchange plus the tunnel's handling of it. `conn` is the client connection (tunnel.py),
-    which calls: start(), request_body(), request_done(), check_timeout(), client_lost()."""
+    """An Exchange plus the tunnel's handling of it, on its client connection `conn`."""
 
     __slots__ = (
         "bmethod",
@@ -122,7 +187,7 @@ class Flow(Exchange):
         "upgrade_buf",
     )
 
-    def __init__(self, conn: Any, method: bytes, url: bytes, version: str,
+    def __init__(self, conn: Downstream, method: bytes, url: bytes, version: str,
                  framing: http.RequestFraming | None, request_id: str) -> None:
         Exchange.__init__(self, method.decode("latin-1"), url.decode("latin-1"), version,
                           framing.headers if framing is not None else [], conn.client, "http", request_id)
@@ -151,17 +216,20 @@ class Flow(Exchange):
         self.connect_task: asyncio.Task | None = None
         self.finished = False
 
-    # ---- moves
+    # ---- moves (the table lookup inline, not a call: these run several times per exchange)
     def _req(self, new: int) -> None:
-        check_move(0, self.req_state, new)
+        if not (_REQ_MOVES[self.req_state] >> new) & 1:
+            check_move(0, self.req_state, new)
         self.req_state = new
 
     def _up(self, new: int) -> None:
-        check_move(1, self.up_state, new)
+        if not (_UP_MOVES[self.up_state] >> new) & 1:
+            check_move(1, self.up_state, new)
         self.up_state = new
 
     def _resp(self, new: int) -> None:
-        check_move(2, self.resp_state, new)
+        if not (_RESP_MOVES[self.resp_state] >> new) & 1:
+            check_move(2, self.resp_state, new)
         self.resp_state = new
 
     def state_names(self) -> tuple[str, str, str]:
@@ -176,7 +244,7 @@ class Flow(Exchange):
             status, message = self.reject
             self.send_error(status, message)
             return
-        hooks = self.server.hooks
+        hooks = self.server.active_hooks
         self.hooks = hooks
         if hooks is not None and hooks.on_request is not None:
             r = driver.request_phase(hooks, self, self.server.hook_failed)

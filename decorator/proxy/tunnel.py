@@ -20,7 +20,7 @@ from typing import Any
 import httptools
 
 from decorator.proxy import http, replies
-from decorator.proxy.exchange import REQ_DONE, RESP_NONE, RESP_REPLY, Flow
+from decorator.proxy.exchange import REQ_DONE, RESP_NONE, RESP_REPLY, Downstream, Flow, Host
 from decorator.proxy.hooks import ChainedHooks, Exchange, Hooks, hook_name
 from decorator.proxy.limits import Limits
 from decorator.proxy.upstream import UpstreamConnection, UpstreamPool
@@ -36,7 +36,7 @@ _ID_PREFIX = f"{random.getrandbits(64):016x}"
 
 
 def new_request_id() -> str:
-    return f"{_ID_PREFIX}{_next_id():016x}"
+    return _ID_PREFIX + _next_id().to_bytes(8, "big").hex()  # cheaper than format(n, "016x")
 
 
 # Reading from the client pauses for any of these reasons; it resumes when none is left.
@@ -67,22 +67,20 @@ class _Reject(Exception):
         self.message = message
 
 
-class ProxyServer:
+class ProxyServer(Host):
     """Listens for clients and forwards to one app. `hooks` may be swapped at any time (reload)."""
 
     def __init__(self, target: tuple[str, int] | None, limits: Limits | None = None, hooks: Hooks | None = None,
                  access_log: bool = False) -> None:
         """`target` None: no app behind this server (the admin port); what no hook answers gets 404."""
-        self.limits = limits or Limits()
-        self._hooks: Hooks | None = None
+        limits = limits or Limits()
+        Host.__init__(self, limits, UpstreamPool(target[0], target[1], limits.connect_timeout,
+                                                 limits.max_idle_upstream, limits.upstream_idle_timeout
+                                                 ) if target is not None else None)
         self.hooks = hooks
         self.access_log = access_log
         self.target = target
-        self.pool = UpstreamPool(target[0], target[1], self.limits.connect_timeout,
-                                 self.limits.max_idle_upstream, self.limits.upstream_idle_timeout
-                                 ) if target is not None else None
         self.connections: set[ClientConnection] = set()
-        self.draining = False
         self.port = 0
         self.stats = {"connections_total": 0, "connections_refused": 0, "exchanges": 0, "in_flight": 0,
                       "bad_requests": 0, "upstream_errors": 0, "upstream_timeouts": 0, "hook_errors": 0,
@@ -94,14 +92,14 @@ class ProxyServer:
 
     @property
     def hooks(self) -> Hooks | None:
-        return self._hooks
+        return self.active_hooks
 
     @hooks.setter
     def hooks(self, hooks: Hooks | None) -> None:
         # One assignment: exchanges in flight keep the Hooks object they started with.
         if isinstance(hooks, ChainedHooks):
             hooks.on_error = self.hook_failed  # a failing part is logged by name and counted here
-        self._hooks = hooks
+        self.active_hooks = hooks
 
     @property
     def upstream_stats(self) -> dict[str, int]:
@@ -178,26 +176,18 @@ class ProxyServer:
                         ex.request_id, f" error={ex.error}" if ex.error else "")
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(Downstream):
     """One client connection: parses requests and runs their exchanges one at a time, in order."""
 
     def __init__(self, server: ProxyServer) -> None:
-        self.server = server
+        Downstream.__init__(self, server)
         self.limits = server.limits
-        self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.client = ""
-        self.client_b = b""
-        self.closed = False
         self.paused = 0
-        self.write_paused = False
         self.write_paused_since = 0.0
         self.tunnel_to: UpstreamConnection | None = None   # after a 101: raw bytes go there
-        self.draining = False
-        self.active: Flow | None = None
         self.queue: collections.deque[Flow] = collections.deque()
         self.parsing: Flow | None = None
-        self.out: list[bytes] = []
         self.last_read = 0.0
         self.idle_since = 0.0
         self.head_start = 0.0

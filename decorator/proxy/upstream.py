@@ -43,7 +43,7 @@ class UpstreamOwner(Protocol):
     def up_flush(self) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
     """One connection to the app. While `owner` is set, every parser event goes to it."""
 
     def __init__(self, pool: UpstreamPool) -> None:

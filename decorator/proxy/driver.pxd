@@ -1,0 +1,6 @@
+# Types for the compiled build of driver.py (Cython pure-Python mode; the .py stays the source).
+cpdef object request_phase(object hooks, object ex, object on_error)
+cpdef object response_phase(object hooks, object ex, object on_error)
+cpdef bint response_wanted(object hooks, object ex)
+cpdef complete_phase(object hooks, object ex, object on_error)
+cpdef list clean_headers(object headers)

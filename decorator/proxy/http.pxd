@@ -1,0 +1,10 @@
+# Types for the compiled build of http.py (Cython pure-Python mode; the .py stays the source).
+cdef class RequestFraming:
+    cdef public bint chunked, has_body, has_xff, has_xfp, keep_alive
+    cdef public long long content_length
+    cdef public object headers, host, request_id, upgrade
+
+cdef class ResponseFraming:
+    cdef public bint chunked, keep_alive
+    cdef public long long content_length
+    cdef public object headers
