@@ -12,9 +12,12 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.support import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CC = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
@@ -144,3 +147,26 @@ def test_without_a_c_compiler_the_install_is_pure_python_with_a_warning(tmp_path
     assert info["file"] == str(site / MODULE), info
     assert info["mode"] == "pure Python" and not err
     assert info["why"]["decorator.proxy.http"].startswith("not built: CompileError"), info
+
+
+@pytest.mark.parametrize("pure", ["", "1"])
+def test_status_on_the_admin_port_reports_the_build(pure: str, tmp_path: Path):
+    version = subprocess.run([sys.executable, "-m", "decorator", "--version"], cwd=ROOT,
+                             env=_env(DECORATOR_PURE_PYTHON=pure), capture_output=True, text=True, timeout=60)
+    port, admin = free_port(), free_port()
+    with open(tmp_path / "sidecar.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "decorator", "run", "--host", "127.0.0.1", "--port",
+                                 str(port), "--target", "127.0.0.1:1", "--admin-port", str(admin)],
+                                cwd=tmp_path, env=_env(DECORATOR_PURE_PYTHON=pure), stdout=log, stderr=log)
+        try:
+            wait_port(admin, proc)
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=10) as r:
+                build = json.load(r)["build"]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert version.stdout.strip() == f"decorator 0.1.0 ({build['mode']})"
+    assert "decorator.proxy.tunnel" in build["modules"] or not HAS_COMPILER  # a build lists its modules
+    if pure:
+        assert build["mode"] == "pure Python"
+        assert set(build["modules"].values()) <= {"forced (DECORATOR_PURE_PYTHON=1)"}, build
