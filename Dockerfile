@@ -8,14 +8,20 @@ ARG PYTHON_IMAGE=python:3.11-slim
 
 # -- builder: wheels for the package and every dependency (compilers only live here) --------------
 FROM ${PYTHON_IMAGE} AS builder
-# uvloop/httptools ship wheels for amd64/arm64; the toolchain covers platforms that build from source.
+# The toolchain compiles decorator's hot path (Cython, setup.py) and covers platforms where
+# uvloop/httptools build from source.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY decorator ./decorator
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# setup.py falls back to pure Python when a module fails to compile; an image must not ship that
+# silently, so the builder installs its own wheel and refuses anything but a fully compiled hot path.
+# -g0: no debug info in the extensions (Python's default CFLAGS carry -g; they are megabytes of it).
+RUN CFLAGS=-g0 pip wheel --no-cache-dir --wheel-dir /wheels . \
+ && pip install --no-cache-dir --no-index --find-links=/wheels decorator-sidecar \
+ && cd / && decorator --version | tee /dev/stderr | grep -qF '(compiled)'
 
 # -- final: slim runtime, no compilers, non-root -----------------------------------------------------
 FROM ${PYTHON_IMAGE}

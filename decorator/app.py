@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 
+from decorator import build
 from decorator.admin import AdminServer, json_response
 from decorator.proxy.hooks import chain
 from decorator.proxy.tunnel import ProxyServer
@@ -131,6 +132,7 @@ class App:
             "rules": self.reloader.status() if self.reloader is not None else None,
             "rule_counters": self.runtime.counters if self.runtime is not None else None,
             "telemetry": self.telemetry.status(),
+            "build": build.summary(),  # compiled or pure Python, per hot-path module
         }
 
     async def stop(self) -> bool:

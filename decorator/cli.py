@@ -13,6 +13,18 @@ from decorator import __version__
 from decorator.errors import DecoratorError, UsageError
 
 
+class _Version(argparse.Action):
+    """`--version`: the version and whether the hot path runs compiled, worked out only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and build mode, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from decorator.build import mode
+        print(f"decorator {__version__} ({mode()})")
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one clear line, exit 2 (argparse prints usage too)
         self.print_usage(sys.stderr)
@@ -23,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="decorator", description="A sidecar that decorates a running HTTP service "
                 "with declarative YAML rules.")
-    p.add_argument("--version", action="version", version=f"decorator {__version__}")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     r = sub.add_parser("run", help="run the sidecar proxy in front of the app",

@@ -58,6 +58,9 @@ def test_multi_stage_slim_final_image_without_compilers():
     base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
     assert base == "python:3.11-slim"
     assert any(w == "RUN" and "pip wheel" in r for w, r in builder)
+    # The hot path ships compiled: the builder fails unless its own wheel reports `(compiled)`.
+    assert any(w == "RUN" and "decorator --version" in r and "'(compiled)'" in r for w, r in builder)
+    assert any(w == "COPY" and "setup.py" in r.split() for w, r in builder)
     for word, rest in final:
         if word == "RUN":
             installs = re.findall(r"apt-get install[^&;]*", rest)
@@ -113,10 +116,13 @@ def test_build_context_has_what_copy_needs_and_nothing_heavy():
         for w, r in stage:
             if w == "COPY" and "--from=" not in r:
                 sources += r.split()[:-1]
-    assert set(sources) >= {"pyproject.toml", "decorator"}
+    assert set(sources) >= {"pyproject.toml", "setup.py", "decorator"}
     for src in sources:
         assert (ROOT / src).exists(), f"COPY {src}: missing from the repository"
         assert not _ignored(src, patterns), f"COPY {src}: excluded by .dockerignore"
     assert not _ignored("decorator/cli.py", patterns)
-    for heavy in (".venv/bin/python", ".git/HEAD", "tests/k8s/conftest.py", "decorator/__pycache__/x.pyc"):
+    local_build = ("decorator/proxy/http.cpython-311-x86_64-linux-gnu.so", "decorator/proxy/http.c",
+                   "decorator/_build_manifest.json")  # the image compiles its own
+    for heavy in (".venv/bin/python", ".git/HEAD", "tests/k8s/conftest.py", "decorator/__pycache__/x.pyc",
+                  *local_build):
         assert _ignored(heavy, patterns), heavy
