@@ -1,7 +1,8 @@
 """The action registry: the one contract every action (built-in or added) follows.
 
 An action is a class with a YAML key (`name`), a pydantic `Config`, a load-time `prepare` and
-per-phase handlers. Imports only proxy.hooks and rules.base; never rules.models or the tunnel.
+per-phase handlers. Imports only proxy.hooks; never pydantic (a built-in names its Config as
+"module:Class", resolved by `config_model` when the models are built), rules.models or the tunnel.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from decorator.proxy.hooks import Exchange, Reply
-from decorator.rules.base import Strict
+
+if TYPE_CHECKING:
+    from decorator.rules.base import Strict
 
 log = logging.getLogger("decorator.actions")
 
@@ -63,7 +66,7 @@ class Action:
     """
 
     name: ClassVar[str]
-    Config: ClassVar[type[Strict]]
+    Config: ClassVar[type[Strict] | str]  # the model, or "module:Class" to import it only when needed
     summary: ClassVar[str] = ""
     replies: ClassVar[bool] = False
 
@@ -97,6 +100,15 @@ def register(cls: type[Action]) -> type[Action]:
         raise TypeError(f"{cls.__name__}: an action needs `name` and `Config`")
     ACTIONS[cls.name] = cls
     return cls
+
+
+def config_model(cls: type[Action]) -> type[Strict]:
+    """The pydantic model of an action's config, imported on first use when named by a string."""
+    cfg = cls.Config
+    if isinstance(cfg, str):
+        module, _, name = cfg.partition(":")
+        cfg = cls.Config = getattr(importlib.import_module(module), name)
+    return cfg
 
 
 def _load() -> None:

@@ -18,9 +18,9 @@ import jmespath
 from decorator.actions.registry import ACTIONS
 from decorator.actions.runtime import Runtime
 from decorator.proxy.hooks import Exchange, Hooks, Reply, path_head
-from decorator.rules.load import LoadedRule, RuleSet
 from decorator.rules.match import HeaderCheck, PathIndex, PathPattern, exchange_view, regex_key
-from decorator.rules.models import status_codes
+from decorator.rules.ruleset import LoadedRule, RuleSet, plain_ruleset
+from decorator.rules.values import status_codes
 
 log = logging.getLogger("decorator.rules")
 
@@ -394,5 +394,8 @@ def _lookup(table: list[Dispatch] | None, status: int, method: str, path: str) -
 
 
 def compile_rules(ruleset: RuleSet, runtime: Runtime) -> RuleHooks:
-    """Build the hooks for `ruleset`; `hooks.ruleset` is the source (a reload compares digests)."""
-    return RuleHooks(ruleset, runtime)
+    """Build the hooks for `ruleset`; `hooks.ruleset` is the source (a reload compares digests).
+
+    Always from plain data (models are converted first), so `decorator run` (handed plain data by
+    its validating child) and `test`/`explain` (loading in-process) build the same handlers."""
+    return RuleHooks(plain_ruleset(ruleset), runtime)
