@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from decorator.proxy.hooks import Exchange, Reply
@@ -111,9 +110,19 @@ def config_model(cls: type[Action]) -> type[Strict]:
     return cfg
 
 
-def _load() -> None:
-    for mod in BUILTIN:
-        importlib.import_module(f"decorator.actions.{mod}")
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the added actions (once). The models call this before they are built; a process that
+    only runs validated rules imports just the modules its rules name (`require`), so it never
+    scans the installed distributions (importlib.metadata costs memory)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
     # Additions ship as packages declaring an entry point in the "decorator.actions" group that
     # points at a module; importing it registers its classes, exactly like the built-ins.
     for ep in entry_points(group="decorator.actions"):
@@ -121,6 +130,15 @@ def _load() -> None:
             ep.load()
         except Exception:  # a broken add-on must not stop the sidecar: log and go on without it
             log.exception("action plugin %s failed to load", ep.name)
+
+
+def require(name: str, module: str) -> type[Action]:
+    """The action registered as `name`, importing `module` (where validation found it) if needed."""
+    cls = ACTIONS.get(name)
+    if cls is None:
+        importlib.import_module(module)
+        cls = ACTIONS[name]
+    return cls
 
 
 def template_values(ex: Exchange, rule: str, status: int) -> dict[str, str]:
@@ -132,4 +150,5 @@ def template_values(ex: Exchange, rule: str, status: int) -> dict[str, str]:
     }
 
 
-_load()
+for _mod in BUILTIN:
+    importlib.import_module(f"decorator.actions.{_mod}")

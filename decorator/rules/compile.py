@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jmespath
-
 from decorator.actions.registry import ACTIONS
 from decorator.actions.runtime import Runtime
 from decorator.proxy.hooks import Exchange, Hooks, Reply, path_head
@@ -53,7 +51,10 @@ class CompiledRule:
                                   for k, h in (m.response_headers or {}).items())
         self.status_specs = tuple(m.status) if m.status else None
         self.statuses = frozenset(c for s in m.status for c in status_codes(s)) if m.status else None
-        self.when = jmespath.compile(m.when) if m.when else None
+        self.when = None
+        if m.when:
+            import jmespath  # only rule sets with a `when` pay for it
+            self.when = jmespath.compile(m.when)
         self.when_text = m.when
         # Method and status are settled by the dispatch tables (Dispatch, _status_table) before a
         # rule is ever a candidate; `checks` holds the rest, cheapest first.

@@ -14,7 +14,7 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, create_model, field_validator, model_validator
 
-from decorator.actions.registry import ACTIONS, config_model
+from decorator.actions.registry import ACTIONS, config_model, load_plugins
 from decorator.rules.base import Strict, as_list
 from decorator.rules.match import VIEW_KEYS, glob_problem, root_fields
 from decorator.rules.values import status_codes  # noqa: F401 - re-exported
@@ -200,6 +200,7 @@ class RuleBase(Strict):
         return [(n, c) for n in ACTIONS if (c := getattr(self, n, None)) is not None]
 
 
+load_plugins()  # added actions become fields of Rule (and keys of schema.json)
 Rule = create_model(
     "Rule",
     __base__=RuleBase,

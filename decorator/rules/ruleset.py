@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from decorator.actions.registry import ACTIONS, RuleInfo
+from decorator.actions.registry import ACTIONS, RuleInfo, require
 from decorator.errors import Location
 
 
@@ -71,15 +71,20 @@ class PlainRule:
     name: str
     enabled: bool
     match_data: dict[str, Any]
-    action_data: tuple[tuple[str, dict[str, Any]], ...]
+    action_data: tuple[tuple[str, str, dict[str, Any]], ...]  # (action, its module, config)
 
     @property
     def match(self) -> Plain:
         return Plain(self.match_data)
 
     def actions(self) -> list[tuple[str, Plain]]:
-        """(action name, config) for every action the rule has, in registry order."""
-        return [(n, Plain(c)) for n, c in self.action_data]
+        """(action name, config) for every action the rule has, in registry order; an added action's
+        module is imported here when this process has not seen it yet."""
+        out = []
+        for name, module, config in self.action_data:
+            require(name, module)
+            out.append((name, Plain(config)))
+        return out
 
 
 @dataclass
@@ -112,7 +117,8 @@ def plain_rule(rule: Any) -> PlainRule:
     if isinstance(rule, PlainRule):
         return rule
     order = {n: i for i, n in enumerate(ACTIONS)}
-    acts = sorted(((n, c.model_dump()) for n, c in rule.actions()), key=lambda a: order[a[0]])
+    acts = sorted(((n, ACTIONS[n].__module__, c.model_dump()) for n, c in rule.actions()),
+                  key=lambda a: order[a[0]])
     return PlainRule(rule.name, rule.enabled, rule.match.model_dump(), tuple(acts))
 
 

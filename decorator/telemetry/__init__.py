@@ -7,14 +7,15 @@ everything that waits runs in the pusher's tasks. Must not import rules, setting
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-from prometheus_client import CollectorRegistry
+from typing import TYPE_CHECKING, Any
 
 from decorator.telemetry.aggregate import ALL_FIELDS, Aggregator, Endpoints, collapse_path
 from decorator.telemetry.metrics import Metrics, Source, TelemetryHooks
 from decorator.telemetry.push import Pusher
 from decorator.telemetry.resources import Resources, pod_name
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["ALL_FIELDS", "Aggregator", "Endpoints", "Metrics", "Pusher", "Resources", "Telemetry",
            "TelemetryHooks", "collapse_path", "pod_name", "status_info"]
