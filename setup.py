@@ -23,6 +23,7 @@ COMPILED_MODULES = [
     "decorator/proxy/tunnel.py",
     "decorator/proxy/upstream.py",
     "decorator/proxy/replies.py",
+    "decorator/proxy/driver.py",
     "decorator/telemetry/aggregate.py",
 ]
 # Python semantics stay: annotations are documentation, not C types (an `x: int` would refuse a bool

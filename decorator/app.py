@@ -18,6 +18,7 @@ from decorator.proxy.hooks import chain
 from decorator.proxy.tunnel import ProxyServer
 from decorator.settings import Settings
 from decorator.telemetry import Telemetry
+from decorator.trim import release_memory
 
 log = logging.getLogger("decorator")
 
@@ -53,15 +54,20 @@ class App:
         self.rules_hooks = None
 
     def _build(self, paths):
-        """load + validate + compile: what a reload swaps in (RulesInvalid on a user error)."""
-        from decorator.rules import compile_rules, load_rules
-        ruleset = load_rules(paths)
+        """load + validate + compile: what a reload swaps in (RulesInvalid on a user error).
+
+        Loading and validating run in a child process that hands back plain data: pydantic and the
+        YAML loader never occupy this process's memory (decorator.rules.isolated)."""
+        from decorator.rules.compile import compile_rules
+        from decorator.rules.isolated import load_isolated
+        ruleset = load_isolated(paths)
         return ruleset.digest, compile_rules(ruleset, self.runtime)
 
     def _swap(self, rules_hooks) -> None:
         self.rules_hooks = rules_hooks
         # One assignment: exchanges in flight keep the Hooks object they started with.
         self.proxy.hooks = chain(self.telemetry.hooks, rules_hooks)
+        release_memory()  # the build's garbage and (once idle) the replaced rule set
 
     def load_rules(self) -> None:
         """Load the rules before anything listens: invalid rules stop the start (RulesInvalid)."""
@@ -93,6 +99,7 @@ class App:
             await self.admin.start(s.admin_host, s.admin_port)
         log.info("listening on %s:%d, forwarding to %s:%d%s", s.host, self.proxy.port, s.target_host,
                  s.target_port, f", admin on :{self.admin.port}" if self.admin else "")
+        release_memory()  # start-up garbage (imports, the first build) goes back to the OS
 
     def admin_routes(self) -> dict:
         return {"/healthz": self._healthz, "/readyz": self._readyz, "/status": self._status,

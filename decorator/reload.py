@@ -115,16 +115,18 @@ class Reloader:
     async def reload(self, reason: str = "manual") -> bool:
         """Rebuild now; True when a new rule set was swapped in. Never raises (except cancellation)."""
         async with self._lock:
-            return self._reload_locked(reason)
+            return await self._reload_locked(reason)
 
-    def _reload_locked(self, reason: str) -> bool:
+    async def _reload_locked(self, reason: str) -> bool:
         # Fingerprint before building: a change landing during the build makes the next poll differ.
         fingerprint = self._fingerprint_safe()
         self.checks_total += 1
         self._fingerprint = fingerprint
         previous = self.active["digest"] if self.active else None
         try:
-            built = self._build_snapshot()
+            # In a thread: a build may wait on a child process (load + validate), and the proxy
+            # shares this loop. Only the swap below runs on the loop.
+            built = await asyncio.to_thread(self._build_snapshot)
             if built is None:
                 self._fingerprint = None  # the next poll looks again
                 log.info("rules reload (%s) skipped: the rules directory kept changing during the build",

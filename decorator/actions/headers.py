@@ -6,53 +6,17 @@ what is actually sent. Imports proxy.hooks and rules.base only.
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any
-
-from pydantic import AfterValidator, Field
+from typing import Any
 
 from decorator.actions.registry import Action, RuleInfo, register, template_values
 from decorator.proxy.hooks import Exchange, Headers, Reply
-from decorator.rules.base import FRAMING_HEADERS, Strict, Template, TemplateStr, header_safe
-
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-
-def _header_name(v: str) -> str:
-    if not _TOKEN.match(v):
-        raise ValueError(f"expected a header name (letters, digits, -), found {v!r}")
-    if v.lower() in FRAMING_HEADERS:
-        raise ValueError(f"header {v!r} cannot be edited: the proxy frames messages itself")
-    return v
-
-
-HeaderName = Annotated[str, AfterValidator(_header_name)]
-
-
-class HeaderEdits(Strict):
-    """Edits to one side's headers, applied in this order: remove, set, default, add."""
-
-    remove: list[HeaderName] = Field(default_factory=list, description="Remove every header of these names.")
-    set: dict[HeaderName, TemplateStr] = Field(default_factory=dict, description=(
-        "Replace every header of this name with one value."))
-    default: dict[HeaderName, TemplateStr] = Field(default_factory=dict, description=(
-        "Set only when the message has no header of this name."))
-    add: dict[HeaderName, TemplateStr] = Field(default_factory=dict, description=(
-        "Append one more header (keeps existing ones)."))
-
-
-class HeadersConfig(Strict):
-    """Edit request headers (before the app sees them) and/or response headers (before the client
-    sees them). Values may use {status} {path} {method} {request_id} {rule} {time} {route}."""
-
-    request: HeaderEdits | None = Field(None, description="Edits to the request sent to the app.")
-    response: HeaderEdits | None = Field(None, description="Edits to the response sent to the client.")
+from decorator.rules.values import Template, header_safe
 
 
 class _Compiled:
     __slots__ = ("add", "default", "dynamic", "remove", "set")
 
-    def __init__(self, e: HeaderEdits) -> None:
+    def __init__(self, e: Any) -> None:
         self.remove = tuple(n.lower().encode("latin-1") for n in e.remove)
 
         def pairs(d: dict) -> tuple:
@@ -92,11 +56,11 @@ def _value(t: Template, values: dict | None) -> bytes:
 @register
 class HeadersAction(Action):
     name = "headers"
-    Config = HeadersConfig
+    Config = "decorator.actions.configs:HeadersConfig"
     summary = "Add/set/remove headers on the request or the response."
 
     @classmethod
-    def phase_errors(cls, config: HeadersConfig, rule: RuleInfo) -> list[tuple[tuple, str]]:
+    def phase_errors(cls, config: Any, rule: RuleInfo) -> list[tuple[tuple, str]]:
         if config.request is not None and rule.needs_response:
             return [(("request",), ("request headers cannot be edited by a rule that matches on the "
                      "response (status, response_headers, response.* or timing.*): the request has "
@@ -105,7 +69,7 @@ class HeadersAction(Action):
             return [((), "headers needs `request` and/or `response` edits")]
         return []
 
-    def __init__(self, config: HeadersConfig, rule: RuleInfo, prepared: Any, runtime: Any) -> None:
+    def __init__(self, config: Any, rule: RuleInfo, prepared: Any, runtime: Any) -> None:
         super().__init__(config, rule, prepared, runtime)
         if config.request is not None:
             self._req = _Compiled(config.request)

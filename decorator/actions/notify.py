@@ -6,17 +6,16 @@ bounded queue; delivery, retries and backoff live in actions.runtime. Imports pr
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections import deque
 from typing import Any
 
-from pydantic import Field, field_validator
-
 from decorator.actions.registry import Action, RuleInfo, register, template_values
 from decorator.actions.runtime import NotifyTarget
 from decorator.proxy.hooks import Exchange
-from decorator.rules.base import Duration, Strict, Template, TemplateStr, header_safe, parse_seconds
+from decorator.rules.values import Template, header_safe, parse_seconds
 
 _THRESHOLD = re.compile(r"^\s*(\d+)\s+in\s+(\S+)\s*$")
 MAX_KEYS = 1000  # distinct dedupe keys remembered per rule; the oldest is forgotten past this
@@ -33,42 +32,6 @@ def parse_threshold(text: str) -> tuple[int, float]:
     return n, window
 
 
-class NotifyConfig(Strict):
-    """POST a JSON event (`rule.matched`, the shape of the dashboard's POST /events) when the rule
-    matches. Sent in the background: a down or slow receiver never slows proxied traffic."""
-
-    url: str = Field(description="http(s) URL to POST the event to (often `${ALERT_URL}`).")
-    cooldown: Duration = Field(0.0, description=(
-        "After an event is sent, matches of the same rule (and key) within this time are counted "
-        "into the next event instead of sending one each. E.g. 60s."))
-    threshold: str | None = Field(None, description=(
-        "Only send once this many matches happen within the window: '5 in 60s'."))
-    key: TemplateStr | None = Field(None, description=(
-        "Dedupe key: cooldown and threshold apply per distinct value, e.g. '{status} {route}'. "
-        "Default: one per rule."))
-    message: TemplateStr | None = Field(None, description="Text put in the event's `message`.")
-    timeout: Duration = Field(5.0, description="Per attempt.")
-    retries: int = Field(3, ge=0, le=10, description=(
-        "Retries after the first attempt, on connection errors, timeouts, 5xx and 429 "
-        "(exponential backoff; Retry-After honoured, capped)."))
-    headers: dict[str, str] = Field(default_factory=dict, description=(
-        "Extra request headers, e.g. Authorization: Bearer ${DASHBOARD_TOKEN}."))
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError(f"expected an http:// or https:// URL, found {v!r}")
-        return v
-
-    @field_validator("threshold")
-    @classmethod
-    def _threshold(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_threshold(v)
-        return v
-
-
 class _KeyState:
     __slots__ = ("last_sent", "pending", "times")
 
@@ -81,10 +44,10 @@ class _KeyState:
 @register
 class Notify(Action):
     name = "notify"
-    Config = NotifyConfig
+    Config = "decorator.actions.configs:NotifyConfig"
     summary = "POST a JSON event to a URL (async, bounded queue, retries, cooldown, threshold)."
 
-    def __init__(self, config: NotifyConfig, rule: RuleInfo, prepared: Any, runtime: Any) -> None:
+    def __init__(self, config: Any, rule: RuleInfo, prepared: Any, runtime: Any) -> None:
         super().__init__(config, rule, prepared, runtime)
         self._n, self._window = parse_threshold(config.threshold) if config.threshold else (0, 0.0)
         self._cooldown = config.cooldown
@@ -94,7 +57,7 @@ class Notify(Action):
             url=config.url, timeout=config.timeout, retries=config.retries,
             headers=tuple(config.headers.items()))
         # Cooldown/threshold state outlives a reload as long as this rule's notify is unchanged.
-        self._states: dict[str, _KeyState] = runtime.state_for(("notify", rule.name, config.model_dump_json()))
+        self._states: dict[str, _KeyState] = runtime.state_for(("notify", rule.name, json.dumps(config.dump(), sort_keys=True)))
         self._clock = runtime.clock
         self.complete = self._notify
 

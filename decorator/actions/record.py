@@ -9,45 +9,29 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from pydantic import Field, model_validator
-
 from decorator.actions.registry import Action, RuleInfo, register
 from decorator.proxy.hooks import Exchange
-from decorator.rules.base import Strict
 
 ALL_FIELDS = frozenset({"timing", "status", "size"})
 
 
-class RecordConfig(Strict):
-    """Record the exchange in telemetry at completion. `record: {}` records everything; naming
-    fields records just those."""
-
-    timing: bool | None = Field(None, description="Duration and upstream latency.")
-    status: bool | None = Field(None, description="Final status (and its class).")
-    size: bool | None = Field(None, description="Bytes in and out.")
-
-    @model_validator(mode="after")
-    def _some(self) -> RecordConfig:
-        if self.fields() == frozenset():
-            raise ValueError("record needs at least one of timing, status, size set to true")
-        return self
-
-    def fields(self) -> frozenset[str]:
-        given = {k: v for k in ALL_FIELDS if (v := getattr(self, k)) is not None}
-        if not given:
-            return ALL_FIELDS
-        return frozenset(k for k, v in given.items() if v)
+def record_fields(config: Any) -> frozenset[str]:
+    """The fields a `record` config asks for: none named means all; else those set to true."""
+    given = {k: v for k in ALL_FIELDS if (v := getattr(config, k)) is not None}
+    if not given:
+        return ALL_FIELDS
+    return frozenset(k for k, v in given.items() if v)
 
 
 @register
 class Record(Action):
     name = "record"
-    Config = RecordConfig
+    Config = "decorator.actions.configs:RecordConfig"
     summary = "Record timing/status/size of the exchange into telemetry (at completion)."
 
-    def __init__(self, config: RecordConfig, rule: RuleInfo, prepared: Any, runtime: Any) -> None:
+    def __init__(self, config: Any, rule: RuleInfo, prepared: Any, runtime: Any) -> None:
         super().__init__(config, rule, prepared, runtime)
-        self._fields = config.fields()
+        self._fields = record_fields(config)
         rec = runtime.recorder if runtime is not None else None
         # Straight to the recorder when there is one: this runs on every exchange it matches.
         # (An Aggregator binds the fields itself; any other recorder only needs `record(ex, fields)`.)

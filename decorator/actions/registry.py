@@ -1,7 +1,8 @@
 """The action registry: the one contract every action (built-in or added) follows.
 
 An action is a class with a YAML key (`name`), a pydantic `Config`, a load-time `prepare` and
-per-phase handlers. Imports only proxy.hooks and rules.base; never rules.models or the tunnel.
+per-phase handlers. Imports only proxy.hooks; never pydantic (a built-in names its Config as
+"module:Class", resolved by `config_model` when the models are built), rules.models or the tunnel.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from decorator.proxy.hooks import Exchange, Reply
-from decorator.rules.base import Strict
+
+if TYPE_CHECKING:
+    from decorator.rules.base import Strict
 
 log = logging.getLogger("decorator.actions")
 
@@ -63,7 +65,7 @@ class Action:
     """
 
     name: ClassVar[str]
-    Config: ClassVar[type[Strict]]
+    Config: ClassVar[type[Strict] | str]  # the model, or "module:Class" to import it only when needed
     summary: ClassVar[str] = ""
     replies: ClassVar[bool] = False
 
@@ -99,9 +101,28 @@ def register(cls: type[Action]) -> type[Action]:
     return cls
 
 
-def _load() -> None:
-    for mod in BUILTIN:
-        importlib.import_module(f"decorator.actions.{mod}")
+def config_model(cls: type[Action]) -> type[Strict]:
+    """The pydantic model of an action's config, imported on first use when named by a string."""
+    cfg = cls.Config
+    if isinstance(cfg, str):
+        module, _, name = cfg.partition(":")
+        cfg = cls.Config = getattr(importlib.import_module(module), name)
+    return cfg
+
+
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the added actions (once). The models call this before they are built; a process that
+    only runs validated rules imports just the modules its rules name (`require`), so it never
+    scans the installed distributions (importlib.metadata costs memory)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
     # Additions ship as packages declaring an entry point in the "decorator.actions" group that
     # points at a module; importing it registers its classes, exactly like the built-ins.
     for ep in entry_points(group="decorator.actions"):
@@ -109,6 +130,15 @@ def _load() -> None:
             ep.load()
         except Exception:  # a broken add-on must not stop the sidecar: log and go on without it
             log.exception("action plugin %s failed to load", ep.name)
+
+
+def require(name: str, module: str) -> type[Action]:
+    """The action registered as `name`, importing `module` (where validation found it) if needed."""
+    cls = ACTIONS.get(name)
+    if cls is None:
+        importlib.import_module(module)
+        cls = ACTIONS[name]
+    return cls
 
 
 def template_values(ex: Exchange, rule: str, status: int) -> dict[str, str]:
@@ -120,4 +150,5 @@ def template_values(ex: Exchange, rule: str, status: int) -> dict[str, str]:
     }
 
 
-_load()
+for _mod in BUILTIN:
+    importlib.import_module(f"decorator.actions.{_mod}")

@@ -11,49 +11,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
-
 from decorator.actions.registry import Action, LoadContext, RuleInfo, register, template_values
 from decorator.proxy.hooks import Exchange, Reply
-from decorator.rules.base import FRAMING_HEADERS, Strict, Template, TemplateStr, escape_for, header_safe
+from decorator.rules.values import Template, escape_for, header_safe
 
 # Files up to this size are kept in memory and sent as `body`; bigger ones are streamed.
 SMALL_FILE = 64 * 1024
-
-
-def check_header_names(headers: dict) -> dict:
-    for k in headers:
-        if k.lower() in FRAMING_HEADERS:
-            raise ValueError(f"header {k!r} cannot be set: the proxy frames messages itself")
-    return headers
-
-
-class RespondConfig(Strict):
-    """Answer with this instead of the app's response (before the app is called when the rule's
-    match uses request fields only; on the response head otherwise)."""
-
-    status: int | None = Field(None, ge=100, le=599, description=(
-        "Status to send. Default: the app's status when the rule matches on the response "
-        "(so `match: {status: 404}` keeps 404), 200 when it answers before the app."))
-    body: TemplateStr | None = Field(None, description=(
-        "Inline body; may use {status} {path} {method} {request_id} {rule} {time} {route}."))
-    file: str | None = Field(None, description=(
-        "File to send, relative to the rules file. Read at load and on every reload."))
-    template: bool = Field(False, description="Treat `file` as a template (fields as for `body`).")
-    content_type: str | None = Field(None, description=(
-        "Content-Type. Default: guessed from the file name, text/plain for `body`."))
-    headers: dict[str, TemplateStr] = Field(default_factory=dict, description=(
-        "Extra response headers (values may use template fields)."))
-
-    _headers_ok = field_validator("headers")(check_header_names)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> RespondConfig:
-        if self.body is not None and self.file is not None:
-            raise ValueError("give either `body` or `file`, not both")
-        if self.template and self.file is None:
-            raise ValueError("`template: true` applies to `file`; an inline `body` is always a template")
-        return self
 
 
 @dataclass(frozen=True)
@@ -66,12 +29,12 @@ class Prepared:
 @register
 class Respond(Action):
     name = "respond"
-    Config = RespondConfig
+    Config = "decorator.actions.configs:RespondConfig"
     summary = "Answer instead of the app: inline body or file, status, headers."
     replies = True
 
     @classmethod
-    def prepare(cls, config: RespondConfig, rule: RuleInfo, ctx: LoadContext) -> Prepared | None:
+    def prepare(cls, config: Any, rule: RuleInfo, ctx: LoadContext) -> Prepared | None:
         if config.file is None:
             ctype = config.content_type or "text/plain; charset=utf-8"
             return Prepared(Template(config.body or ""), None, ctype)
@@ -90,7 +53,7 @@ class Respond(Action):
             return Prepared(None, path, ctype)
         return Prepared(data, None, ctype)
 
-    def __init__(self, config: RespondConfig, rule: RuleInfo, prepared: Prepared, runtime: Any) -> None:
+    def __init__(self, config: Any, rule: RuleInfo, prepared: Prepared, runtime: Any) -> None:
         super().__init__(config, rule, prepared, runtime)
         self._status = config.status
         # Values from the request ({path}, {request_id}) are escaped for the body's language.

@@ -13,14 +13,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jmespath
-
 from decorator.actions.registry import ACTIONS
 from decorator.actions.runtime import Runtime
 from decorator.proxy.hooks import Exchange, Hooks, Interest, Reply, first_segment
-from decorator.rules.load import LoadedRule, RuleSet
 from decorator.rules.match import HeaderCheck, PathIndex, PathPattern, exchange_view, regex_key
-from decorator.rules.models import status_codes
+from decorator.rules.ruleset import LoadedRule, RuleSet, plain_ruleset
+from decorator.rules.values import status_codes
 
 log = logging.getLogger("decorator.rules")
 
@@ -53,7 +51,10 @@ class CompiledRule:
                                   for k, h in (m.response_headers or {}).items())
         self.status_specs = tuple(m.status) if m.status else None
         self.statuses = frozenset(c for s in m.status for c in status_codes(s)) if m.status else None
-        self.when = jmespath.compile(m.when) if m.when else None
+        self.when = None
+        if m.when:
+            import jmespath  # only rule sets with a `when` pay for it
+            self.when = jmespath.compile(m.when)
         self.when_text = m.when
         # Method and status are settled by the dispatch tables (Dispatch, _status_table) before a
         # rule is ever a candidate; `checks` holds the rest, cheapest first.
@@ -397,5 +398,8 @@ def _lookup(table: list[Dispatch] | None, status: int, method: str, path: str) -
 
 
 def compile_rules(ruleset: RuleSet, runtime: Runtime) -> RuleHooks:
-    """Build the hooks for `ruleset`; `hooks.ruleset` is the source (a reload compares digests)."""
-    return RuleHooks(ruleset, runtime)
+    """Build the hooks for `ruleset`; `hooks.ruleset` is the source (a reload compares digests).
+
+    Always from plain data (models are converted first), so `decorator run` (handed plain data by
+    its validating child) and `test`/`explain` (loading in-process) build the same handlers."""
+    return RuleHooks(plain_ruleset(ruleset), runtime)

@@ -25,6 +25,7 @@ from ruamel.yaml.scalarstring import LiteralScalarString
 from decorator.actions.registry import ACTIONS, RuleInfo
 from decorator.errors import Location, RuleError, RulesInvalid
 from decorator.rules.models import Include, Rule, RulesDocument, TestCase, _include_shorthand
+from decorator.rules.ruleset import LoadedRule, RuleSet
 
 YAML_SUFFIXES = (".yaml", ".yml")
 _REF = re.compile(r"\$\$\{|\$\{([^}]*)\}?")
@@ -33,36 +34,10 @@ _INCLUDES = TypeAdapter(list[Include])
 
 
 @dataclass
-class LoadedRule:
-    """A validated rule plus where it came from and what its actions prepared at load."""
-
-    rule: Any
-    location: Location
-    base_dir: str
-    prepared: dict[str, Any]
-    info: RuleInfo
-
-
-@dataclass
 class LoadedTest:
     case: TestCase
     location: Location
     refs: list[tuple[str, Location]] = field(default_factory=list)  # rule names the case expects
-
-
-@dataclass
-class RuleSet:
-    """The outcome of a load: rules in order, every file read, and their digest."""
-
-    entries: list[LoadedRule]
-    files: list[str]
-    digest: str
-    tests: list[LoadedTest] = field(default_factory=list)
-    paths: tuple[str, ...] = ()
-
-    @property
-    def rules(self) -> list:
-        return [e.rule for e in self.entries]
 
 
 def load_rules(paths: Sequence[str] | str, env: Mapping[str, str] | None = None) -> RuleSet:

@@ -14,9 +14,10 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, create_model, field_validator, model_validator
 
-from decorator.actions.registry import ACTIONS
+from decorator.actions.registry import ACTIONS, config_model, load_plugins
 from decorator.rules.base import Strict, as_list
 from decorator.rules.match import VIEW_KEYS, glob_problem, root_fields
+from decorator.rules.values import status_codes  # noqa: F401 - re-exported
 
 _TOKEN = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"
 _STATUS_PATTERN = r"^\s*([1-5][0-9xX]{2}|[1-5][0-9]{2}\s*-\s*[1-5][0-9]{2})\s*$"
@@ -40,16 +41,6 @@ def parse_status(v: Any) -> str:
     if re.fullmatch(r"\d{3}", s) and 100 <= int(s) <= 599:
         return s
     raise ValueError(f"{expected}, found {v!r}")
-
-
-def status_codes(spec: str) -> range:
-    if spec.endswith("xx"):
-        base = int(spec[0]) * 100
-        return range(base, base + 100)
-    if "-" in spec:
-        lo, hi = spec.split("-")
-        return range(int(lo), int(hi) + 1)
-    return range(int(spec), int(spec) + 1)
 
 
 _StatusInput = Annotated[int, Field(ge=100, le=599)] | Annotated[str, Field(pattern=_STATUS_PATTERN)]
@@ -209,11 +200,12 @@ class RuleBase(Strict):
         return [(n, c) for n in ACTIONS if (c := getattr(self, n, None)) is not None]
 
 
+load_plugins()  # added actions become fields of Rule (and keys of schema.json)
 Rule = create_model(
     "Rule",
     __base__=RuleBase,
     __doc__="One rule: a name, an optional match and one or more actions.",
-    **{name: (cls.Config | None, Field(None, description=cls.summary)) for name, cls in ACTIONS.items()},
+    **{name: (config_model(cls) | None, Field(None, description=cls.summary)) for name, cls in ACTIONS.items()},
 )
 
 

@@ -8,14 +8,15 @@ rules, settings, dashboard, other proxy modules or pydantic (idle RSS: payloads 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-from prometheus_client import CollectorRegistry
+from typing import TYPE_CHECKING, Any
 
 from decorator.telemetry.aggregate import ALL_FIELDS, Aggregator, Endpoints, collapse_path
 from decorator.telemetry.metrics import Metrics, Source, TelemetryHooks
 from decorator.telemetry.push import Pusher
 from decorator.telemetry.resources import Resources, pod_name
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["ALL_FIELDS", "Aggregator", "Endpoints", "Metrics", "Pusher", "Resources", "Telemetry",
            "TelemetryHooks", "collapse_path", "pod_name", "status_info"]

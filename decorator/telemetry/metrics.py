@@ -11,23 +11,15 @@ import logging
 import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
-
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-    UnknownMetricFamily,
-)
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+from typing import TYPE_CHECKING, Any
 
 from decorator.proxy.hooks import Exchange, Hooks
 from decorator.telemetry.aggregate import ALL_FIELDS, Aggregator, Endpoints
 from decorator.wire.stats import LATENCY_BOUNDS_MS, N_BUCKETS
+
+if TYPE_CHECKING:  # prometheus_client itself loads at the first scrape (see Metrics.registry)
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 log = logging.getLogger("decorator.telemetry")
 
@@ -35,7 +27,6 @@ DURATION = "http_server_request_duration_seconds"
 ACTIVE = "http_server_active_requests"
 _LABELS = ["http_request_method", "http_route", "http_response_status_class"]
 _BOUNDS_S = [b / 1000.0 for b in LATENCY_BOUNDS_MS]   # the dashboard's buckets, so both views agree
-_LE = [floatToGoString(b) for b in _BOUNDS_S]
 _CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")  # 0xx: no response was sent (client gone, ...)
 
 # Counters other parts keep in plain dicts: source key -> (metric name, type, help, label for dict values).
@@ -104,7 +95,10 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, endpoints: Endpoints | None = None,
                  process: bool = True, in_flight: Callable[[], int] | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        # prometheus_client (about 3 MB of RSS with what it imports) loads at the first scrape:
+        # a sidecar without an admin port, or never scraped, does not carry it.
+        self._registry = registry
+        self._process = process
         self.endpoints = endpoints if endpoints is not None else Endpoints()
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._sources: list[tuple[Source, str | None]] = []
@@ -113,11 +107,21 @@ class Metrics:
         # the per-request set operations (and the on_request hook) off the hot path.
         self.in_flight_count = in_flight
         self.source_errors = 0
-        self.registry.register(_Collector(self))
-        if process:
-            from prometheus_client import PlatformCollector, ProcessCollector
-            ProcessCollector(registry=self.registry)
-            PlatformCollector(registry=self.registry)
+        self._registered = False
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+            self._registry = CollectorRegistry()
+        if not self._registered:
+            self._registered = True
+            self._registry.register(_collector(self))
+            if self._process:
+                from prometheus_client import PlatformCollector, ProcessCollector
+                ProcessCollector(registry=self._registry)
+                PlatformCollector(registry=self._registry)
+        return self._registry
 
     def request_started(self, ex: Exchange) -> None:
         self.in_flight.add(ex)
@@ -157,6 +161,7 @@ class Metrics:
         Without an Accept asking for OpenMetrics this is the classic text format 0.0.4, which every
         Prometheus version scrapes.
         """
+        from prometheus_client.exposition import choose_encoder
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 
@@ -165,11 +170,12 @@ class Metrics:
                 "source_errors": self.source_errors}
 
     def _families(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
         h = HistogramMetricFamily(DURATION, "Duration of HTTP server requests, head to last byte.",
                                   labels=_LABELS, unit="seconds")
         for (method, route, cls), s in list(self._series.items()):
             cum, acc = [], 0
-            for le, n in zip(_LE, s.buckets):
+            for le, n in zip(_le(), s.buckets):
                 acc += n
                 cum.append((le, acc))
             cum.append(("+Inf", s.count))
@@ -196,6 +202,7 @@ def _add(families: dict[str, tuple[Metric, bool, set]], key: str, value: Any, la
     entry = families.get(name)
     if entry is None:
         labelled = isinstance(value, Mapping)
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, UnknownMetricFamily
         cls = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}.get(kind, UnknownMetricFamily)
         fam = cls(name, doc, labels=[known_label or label or "name"] if labelled else None)
         entry = families[name] = (fam, labelled, set())
@@ -212,12 +219,25 @@ def _add(families: dict[str, tuple[Metric, bool, set]], key: str, value: Any, la
         fam.add_metric([], float(value))
 
 
-class _Collector(Collector):
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+_LE: list[str] = []
 
-    def collect(self) -> Iterable[Metric]:
-        return self.metrics._families()
+
+def _le() -> list[str]:
+    """The histogram's `le` labels, as prometheus_client spells floats (computed at the first scrape)."""
+    if not _LE:
+        from prometheus_client.utils import floatToGoString
+        _LE.extend(floatToGoString(b) for b in _BOUNDS_S)
+    return _LE
+
+
+def _collector(metrics: Metrics) -> Any:
+    from prometheus_client.registry import Collector
+
+    class _Collector(Collector):
+        def collect(self) -> Iterable[Metric]:
+            return metrics._families()
+
+    return _Collector()
 
 
 class TelemetryHooks(Hooks):
