@@ -25,6 +25,7 @@ COMPILED_MODULES = [
     "decorator/proxy/replies.py",
     "decorator/proxy/driver.py",
     "decorator/telemetry/aggregate.py",
+    "decorator/telemetry/metrics.py",
 ]
 # Python semantics stay: annotations are documentation, not C types (an `x: int` would refuse a bool
 # subclass, an `x: float` would become a C double); the `.pxd` files are where types are declared.

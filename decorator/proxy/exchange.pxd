@@ -2,6 +2,8 @@
 from decorator.proxy.hooks cimport Exchange
 from decorator.proxy.http cimport RequestFraming, ResponseFraming
 from decorator.proxy.upstream cimport UpstreamConnection, UpstreamPool
+from decorator.proxy.driver cimport clean_headers, complete_phase, request_phase, response_phase, response_wanted
+from decorator.proxy.http cimport check_response, chunk, serialize_headers, status_line
 
 cdef class Flow
 cdef class Downstream
@@ -18,7 +20,7 @@ cdef class Downstream:
     cdef public Host server
     cdef public list out
     cdef public object transport, client
-    cdef public bytes client_b
+    cdef public bytes client_b, xff_line
     cdef public bint closed, draining, write_paused
     cdef public Flow active
     cpdef flush(self)

@@ -16,7 +16,24 @@ import time
 from typing import Any
 
 from decorator.errors import UpstreamError
-from decorator.proxy import driver, http, replies
+from decorator.proxy import replies
+from decorator.proxy.driver import (
+    clean_headers,
+    complete_phase,
+    request_phase,
+    response_phase,
+    response_wanted,
+)
+from decorator.proxy.http import (
+    LAST_CHUNK,
+    FramingError,
+    RequestFraming,
+    ResponseFraming,
+    check_response,
+    chunk,
+    serialize_headers,
+    status_line,
+)
 from decorator.proxy.hooks import Exchange, Hooks, Reply
 from decorator.proxy.upstream import UpstreamConnection
 
@@ -124,6 +141,7 @@ class Downstream:
         self.transport: Any = None
         self.client = ""
         self.client_b = b""
+        self.xff_line = b""     # this connection's X-Forwarded-For line, made once
         self.closed = False
         self.draining = False
         self.write_paused = False
@@ -188,9 +206,9 @@ class Flow(Exchange):
     )
 
     def __init__(self, conn: Downstream, method: bytes, url: bytes, version: str,
-                 framing: http.RequestFraming | None, request_id: str) -> None:
-        Exchange.__init__(self, method.decode("latin-1"), url.decode("latin-1"), version,
-                          framing.headers if framing is not None else [], conn.client, "http", request_id)
+                 framing: RequestFraming | None, request_id: str) -> None:
+        self._begin(method.decode("latin-1"), url.decode("latin-1"), version,
+                    framing.headers if framing is not None else [], conn.client, "http", request_id)
         self.conn = conn
         self.server = conn.server
         self.framing = framing
@@ -205,7 +223,7 @@ class Flow(Exchange):
         self.resp_state = RESP_NONE
         self.t_sent = 0.0
         self.t_last_up = 0.0
-        self.resp: http.ResponseFraming | None = None
+        self.resp: ResponseFraming | None = None
         self.out_chunked = False
         self.close_after = framing is None or not framing.keep_alive
         self.discarded = 0
@@ -247,7 +265,7 @@ class Flow(Exchange):
         hooks = self.server.active_hooks
         self.hooks = hooks
         if hooks is not None and hooks.on_request is not None:
-            r = driver.request_phase(hooks, self, self.server.hook_failed)
+            r = request_phase(hooks, self, self.server.hook_failed)
             if r is not None:
                 if type(r) is Reply:
                     self.send_reply(r)
@@ -277,7 +295,7 @@ class Flow(Exchange):
         """After a hook had the request headers: framing stays the tunnel's; forwarding headers
         are read again from what the hook left."""
         try:
-            headers = driver.clean_headers(self.request_headers)
+            headers = clean_headers(self.request_headers)
         except Exception:
             self.server.hook_failed(self.hooks.on_request, self)  # type: ignore[union-attr]
             headers = list(self.framing.headers)  # type: ignore[union-attr]
@@ -297,7 +315,7 @@ class Flow(Exchange):
         st = self.up_state
         if st >= UP_WAITING:
             if self.up is not None and st != UP_DONE:
-                self.up.write(http.chunk(body) if self.framing.chunked else body)  # type: ignore[union-attr]
+                self.up.write(chunk(body) if self.framing.chunked else body)  # type: ignore[union-attr]
             return  # else the app is gone: the rest is read and dropped
         if self.resp_state != RESP_NONE or self.reject is not None:
             return  # answered already: the body is read and dropped
@@ -313,7 +331,7 @@ class Flow(Exchange):
             return
         self._req(REQ_DONE)
         if self.up is not None and self.framing.chunked and UP_WAITING <= self.up_state < UP_DONE:  # type: ignore[union-attr]
-            self.up.write(http.LAST_CHUNK)
+            self.up.write(LAST_CHUNK)
         if self.conn.active is self and self.resp_state >= RESP_DONE:
             self._maybe_finish()
 
@@ -340,26 +358,28 @@ class Flow(Exchange):
             self.connect_task = asyncio.ensure_future(self._connect())
 
     def _upstream_head(self) -> bytes:
-        """The request head for the app: the client's fields, then this hop's, serialised once."""
+        """The request head for the app: the client's fields, then this hop's, joined once."""
         framing = self.framing
         headers = self.request_headers
-        client_b = self.conn.client_b
-        extra = []
-        if not framing.has_xff:  # type: ignore[union-attr]
-            extra.append((b"X-Forwarded-For", client_b))
-        else:
+        if framing.has_xff:
             # The received value plus this hop, in place.
+            client_b = self.conn.client_b
             headers = [(k, v + b", " + client_b) if k.lower() == b"x-forwarded-for" else (k, v)
                        for k, v in headers]
-        if not framing.has_xfp:  # type: ignore[union-attr]
-            extra.append((b"X-Forwarded-Proto", b"http"))
-        if framing.request_id is None:  # type: ignore[union-attr]
-            extra.append((b"X-Request-Id", self.request_id.encode("latin-1")))
-        if framing.chunked:  # type: ignore[union-attr]
-            extra.append((b"Transfer-Encoding", b"chunked"))
-        if framing.upgrade is not None:  # type: ignore[union-attr]
-            extra += [(b"Connection", b"Upgrade"), (b"Upgrade", framing.upgrade)]  # type: ignore[union-attr]
-        return b"%s %s HTTP/1.1\r\n%s\r\n" % (self.bmethod, self.burl, http.serialize_headers(headers + extra))
+            xff = b""
+        else:
+            xff = self.conn.xff_line
+        parts = [self.bmethod, b" ", self.burl, b" HTTP/1.1\r\n", serialize_headers(headers), xff]
+        if not framing.has_xfp:
+            parts.append(b"X-Forwarded-Proto: http\r\n")
+        if framing.request_id is None:
+            parts += (b"X-Request-Id: ", self.request_id.encode("latin-1"), b"\r\n")
+        if framing.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if framing.upgrade is not None:
+            parts += (b"Connection: Upgrade\r\nUpgrade: ", framing.upgrade, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     async def _connect(self) -> None:
         srv = self.server
@@ -397,9 +417,9 @@ class Flow(Exchange):
             body = b"".join(self.body_buf)
             self.body_buf = None
             self.buffered = 0
-            data += http.chunk(body) if framing.chunked else body  # type: ignore[union-attr]
+            data += chunk(body) if framing.chunked else body  # type: ignore[union-attr]
         if self.req_state == REQ_DONE and framing.chunked:  # type: ignore[union-attr]
-            data += http.LAST_CHUNK
+            data += LAST_CHUNK
         self.t_sent = self.t_last_up = _monotonic()
         up.send(data, head_request=self.bmethod == b"HEAD")
         conn = self.conn
@@ -429,11 +449,11 @@ class Flow(Exchange):
         if status < 200 and status != 101:
             # Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they are.
             if self.version == "1.1" and self.up_state == UP_WAITING:
-                self.conn.out.append(http.status_line(status) + http.serialize_headers(headers) + b"\r\n")
+                self.conn.out.append(status_line(status) + serialize_headers(headers) + b"\r\n")
             return
         try:
-            rf = http.check_response(keep_alive, status, headers, hop, content_length)
-        except http.FramingError as e:
+            rf = check_response(keep_alive, status, headers, hop, content_length)
+        except FramingError as e:
             self.up_failed(e.message)
             return
         self.resp = rf
@@ -444,8 +464,8 @@ class Flow(Exchange):
         if self.bmethod == b"HEAD":
             up.head_done_for_head_request()  # type: ignore[union-attr]
         hooks = self.hooks
-        if hooks is not None and driver.response_wanted(hooks, self):
-            reply = driver.response_phase(hooks, self, self.server.hook_failed)
+        if hooks is not None and response_wanted(hooks, self):
+            reply = response_phase(hooks, self, self.server.hook_failed)
             if reply is not None:
                 self._up(UP_DISCARD)
                 self.send_reply(reply)
@@ -459,10 +479,10 @@ class Flow(Exchange):
             self._release_upstream(rf.keep_alive and self.req_state == REQ_DONE)
             self._maybe_finish()
 
-    def _clean_response_headers(self, rf: http.ResponseFraming) -> None:
+    def _clean_response_headers(self, rf: ResponseFraming) -> None:
         """After a hook had the response headers: the body's framing stays what the app sent."""
         try:
-            headers = driver.clean_headers(self.response_headers)
+            headers = clean_headers(self.response_headers)
         except Exception:
             self.server.hook_failed(self.hooks.on_response_head, self)  # type: ignore[union-attr]
             headers = [(k, v) for k, v in rf.headers if k.lower() != b"content-length"]
@@ -470,10 +490,10 @@ class Flow(Exchange):
             headers.append((b"Content-Length", b"%d" % rf.content_length))
         self.response_headers = headers
 
-    def _write_response_head(self, rf: http.ResponseFraming) -> None:
+    def _write_response_head(self, rf: ResponseFraming) -> None:
         status = self.status
         conn = self.conn
-        parts = [http.status_line(status), http.serialize_headers(self.response_headers)]
+        parts = [status_line(status), serialize_headers(self.response_headers)]
         no_body = self.bmethod == b"HEAD" or status == 204 or status == 304 or status == 101
         client11 = self.version == "1.1"
         if status == 101:
@@ -513,7 +533,7 @@ class Flow(Exchange):
             return
         self.bytes_out += len(data)
         out = self.conn.out
-        out.append(http.chunk(data) if self.out_chunked else data)
+        out.append(chunk(data) if self.out_chunked else data)
         if len(out) > 64:
             self.conn.flush()
 
@@ -523,7 +543,7 @@ class Flow(Exchange):
         rf = self.resp
         if self.up_state == UP_BODY:
             if self.out_chunked:
-                self.conn.out.append(http.LAST_CHUNK)
+                self.conn.out.append(LAST_CHUNK)
             self._resp(RESP_DONE)
             if rf.keep_alive and self.req_state == REQ_DONE:  # type: ignore[union-attr]
                 # The common end of an exchange.
@@ -625,7 +645,7 @@ class Flow(Exchange):
         self.status = status
         self.t_response = _monotonic()
         try:
-            headers = driver.clean_headers(reply.headers)
+            headers = clean_headers(reply.headers)
         except TypeError:
             log.exception("a reply's headers are not (bytes, bytes) pairs (request %s)", self.request_id)
             headers = []
@@ -714,8 +734,8 @@ class Flow(Exchange):
             # Rules may replace the sidecar's own 502/504 as they would the app's (a friendly 5xx page).
             self.status = status
             self.response_headers = reply.headers
-            if driver.response_wanted(hooks, self):
-                custom = driver.response_phase(hooks, self, self.server.hook_failed)
+            if response_wanted(hooks, self):
+                custom = response_phase(hooks, self, self.server.hook_failed)
                 if custom is not None:
                     reply = custom
         self.send_reply(reply)
@@ -746,7 +766,7 @@ class Flow(Exchange):
             conn.flush()
         hooks = self.hooks
         if hooks is not None and hooks.on_complete is not None:
-            driver.complete_phase(hooks, self, srv.hook_failed)
+            complete_phase(hooks, self, srv.hook_failed)
         if srv.access_log:
             srv.log_access(self, now)
         conn.exchange_finished(self)

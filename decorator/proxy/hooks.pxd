@@ -6,6 +6,7 @@ cdef class Exchange:
     cdef public int status
     cdef public bint replaced, upgraded
     cdef public double t_end, t_response, t_start
+    cpdef _begin(self, method, target, version, request_headers, client, scheme, request_id)
 
 cdef class Reply:
     cdef public object body, file, headers, reason

@@ -68,6 +68,11 @@ class Exchange:
 
     def __init__(self, method: str, target: str, version: str, request_headers: Headers,
                  client: str, scheme: str = "http", request_id: str = "") -> None:
+        self._begin(method, target, version, request_headers, client, scheme, request_id)
+
+    def _begin(self, method: str, target: str, version: str, request_headers: Headers,
+               client: str, scheme: str, request_id: str) -> None:
+        """Every field's first value; the tunnel's own exchanges (a subclass) start here too."""
         self.method = method
         self.target = target
         q = target.find("?")

@@ -8,3 +8,9 @@ cdef class ResponseFraming:
     cdef public bint chunked, keep_alive
     cdef public long long content_length
     cdef public object headers
+
+cpdef RequestFraming check_request(bytes method, str version, list raw_headers)
+cpdef ResponseFraming check_response(bint keep_alive, int status, list headers, list hop, long long content_length)
+cpdef bytes serialize_headers(list headers)
+cpdef bytes status_line(int status, reason=*)
+cpdef bytes chunk(bytes data)

@@ -1,6 +1,7 @@
 # Types for the compiled build of tunnel.py (Cython pure-Python mode; the .py stays the source).
 from decorator.proxy.exchange cimport Downstream, Flow, Host
 from decorator.proxy.upstream cimport UpstreamConnection
+from decorator.proxy.http cimport check_request
 
 cdef class ProxyServer(Host):
     cdef public object target, connections, _server, _ticker, idle

@@ -19,7 +19,8 @@ from typing import Any
 
 import httptools
 
-from decorator.proxy import http, replies
+from decorator.proxy import replies
+from decorator.proxy.http import FramingError, check_request
 from decorator.proxy.exchange import REQ_DONE, RESP_NONE, RESP_REPLY, Downstream, Flow, Host
 from decorator.proxy.hooks import ChainedHooks, Exchange, Hooks, hook_name
 from decorator.proxy.limits import Limits
@@ -206,6 +207,7 @@ class ClientConnection(Downstream):
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
         self.client_b = self.client.encode("latin-1")
+        self.xff_line = b"X-Forwarded-For: " + self.client_b + b"\r\n"
         now = _monotonic()
         self.head_start = now
         self.last_read = now
@@ -285,7 +287,7 @@ class ClientConnection(Downstream):
             self._pause(_P_UPGRADE)
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
-            if isinstance(cause, (_Reject, http.FramingError)):
+            if isinstance(cause, (_Reject, FramingError)):
                 self._reject(cause.status, cause.message)
             else:
                 raise
@@ -338,7 +340,7 @@ class ClientConnection(Downstream):
         parser = self.parser
         method = parser.get_method()
         version = parser.get_http_version()
-        framing = http.check_request(method, version, headers)  # FramingError -> callback error
+        framing = check_request(method, version, headers)  # FramingError -> callback error
         # State for the next head is reset here rather than in on_message_begin: one callback less.
         self._url = b""
         self._headers = _TRAILERS if framing.chunked else []
