@@ -6,7 +6,15 @@ cdef class UpstreamConnection:
     cdef object _sock
     cdef list _headers, _hop
     cdef long long _cl
-    cdef bint _in_head, _mid, _skip_body, _answered
+    cdef bint _in_head, _mid, _skip_body, _answered, _ended
+
+    cpdef send(self, bytes data, bint head_request)
+    cpdef write(self, bytes data)
+    cpdef pause_reading(self)
+    cpdef resume_reading(self)
+    cpdef close(self)
+    cpdef abort(self)
+    cpdef head_done_for_head_request(self)
 
 cdef class UpstreamPool:
     cdef public object host, port, idle, stats

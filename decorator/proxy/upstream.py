@@ -65,6 +65,7 @@ class UpstreamConnection:
         self._mid = False           # a response has begun and not ended
         self._skip_body = False     # HEAD request: llhttp cannot know the response has no body
         self._answered = False      # any byte of a response since the request was sent
+        self._ended = False         # a response ended during the current read
 
     # ---- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -83,6 +84,7 @@ class UpstreamConnection:
             return
         self._answered = True
         self.last_read = _monotonic()
+        self._ended = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -99,8 +101,8 @@ class UpstreamConnection:
                 self._sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
             except OSError:
                 self._sock = None
-        if self.owner is not None:
-            self.owner.up_flush()
+        if not self._ended and self.owner is not None:
+            self.owner.up_flush()  # a response that ended in this read was flushed by its end
 
     def eof_received(self) -> bool | None:
         if self.tunnel_to is not None:
@@ -175,6 +177,7 @@ class UpstreamConnection:
         if self._in_head:
             return  # the end of a 1xx (on_headers_complete set _in_head again)
         self._mid = False
+        self._ended = True
         if self.owner is not None:
             self.owner.up_complete()
 

@@ -9,3 +9,20 @@ cdef class Endpoints:
     cdef tuple _last_key
     cpdef tuple key(self, Exchange ex)
     cpdef tuple _key(self, Exchange ex)
+
+cdef class _Stat:
+    cdef public object base, endpoint, method
+    cdef public list buckets, status
+    cdef public long long bytes_in, bytes_out, count
+    cdef public bint file
+    cdef public double lat_sum
+
+cdef class Aggregator:
+    cdef public Endpoints endpoints
+    cdef public dict _stats
+    cdef public set _dirty
+    cdef public object _ring, _last_ex
+    cdef public long long _seq, _sent_seq, errors_total
+    cdef public double _last_snapshot
+    cdef public frozenset _last_fields
+    cpdef _record(self, frozenset fields, Exchange ex)
