@@ -10,7 +10,8 @@ COMPILED := $(VENV)/.compiled
 # What the compiled modules are built from (a superset of setup.py's COMPILED_MODULES and their .pxd).
 HOT := setup.py decorator/build.py $(wildcard decorator/proxy/*.py decorator/proxy/*.pxd \
        decorator/telemetry/aggregate.py decorator/telemetry/aggregate.pxd \
-       decorator/telemetry/metrics.py decorator/telemetry/metrics.pxd)
+       decorator/telemetry/metrics.py decorator/telemetry/metrics.pxd \
+       decorator/rules/compile.py decorator/rules/compile.pxd)
 
 .PHONY: build demo test system-deps lint bench schema clean
 

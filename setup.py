@@ -26,6 +26,7 @@ COMPILED_MODULES = [
     "decorator/proxy/driver.py",
     "decorator/telemetry/aggregate.py",
     "decorator/telemetry/metrics.py",
+    "decorator/rules/compile.py",
 ]
 # Python semantics stay: annotations are documentation, not C types (an `x: int` would refuse a bool
 # subclass, an `x: float` would become a C double); the `.pxd` files are where types are declared.

@@ -1,6 +1,6 @@
 """RuleSet -> one `proxy.hooks.Hooks` object: per-phase dispatch tables built once, matched many times.
 
-Owns phase assignment, the status -> method -> path-head dispatch tables, route naming, action
+Owns phase assignment, the status -> method -> first-segment dispatch tables, route naming, action
 isolation (a failing action is logged and counted, never fatal) and hit counting.
 Imports only `proxy.hooks` from the proxy; never the tunnel.
 """
@@ -290,25 +290,7 @@ class RuleHooks(Hooks):
         return r
 
     def _on_complete(self, ex: Exchange) -> None:
-        status = ex.status
-        d = self._done[status if 0 <= status < _STATUS_SLOTS else 0]  # _lookup, inlined: every exchange
-        if d.empty:
-            return
-        # Only path-less rules here (timing on every exchange): found without a lookup call.
-        cands = d.lookup(ex.method, ex.path) if d.firsts else d.always_by_method.get(ex.method, d.always_other)
-        for e in cands:
-            if not (e.always or e.matches(ex)):
-                continue
-            if e.count_hit:
-                self._hits[e.name] = self._hits.get(e.name, 0) + 1
-            for fn, action in e.fns:
-                try:
-                    fn(ex)
-                except Exception:  # isolated: _failed logs the traceback and counts
-                    self._failed(e.name, action, "complete")
-                    continue
-                if self._trace is not None:
-                    self._trace(e.name, action, "complete")
+        run_complete(self._done, self._hits, self._trace, self._failed, ex)
 
     def _failed(self, rule: str, action: str, phase: str) -> None:
         n = self._errors[rule] = self._errors.get(rule, 0) + 1
@@ -320,9 +302,33 @@ class RuleHooks(Hooks):
                           rule, action, phase, n)
 
 
+def run_complete(table: list[Dispatch], hits: dict[str, int], trace: Callable | None,
+                 failed: Callable[[str, str, str], None], ex: Exchange) -> None:
+    """The complete phase for one exchange (every exchange meets it when a rule records timing)."""
+    status = ex.status
+    d = table[status if 0 <= status < _STATUS_SLOTS else 0]  # _lookup, inlined: every exchange
+    if d.empty:
+        return
+    # Only path-less rules here (timing on every exchange): found without a lookup call.
+    cands = d.lookup(ex.method, ex.path) if d.firsts else d.always_by_method.get(ex.method, d.always_other)
+    for e in cands:
+        if not (e.always or e.matches(ex)):
+            continue
+        if e.count_hit:
+            hits[e.name] = hits.get(e.name, 0) + 1
+        for fn, action in e.fns:
+            try:
+                fn(ex)
+            except Exception:  # isolated: failed() logs the traceback and counts
+                failed(e.name, action, "complete")
+                continue
+            if trace is not None:
+                trace(e.name, action, "complete")
+
+
 class Dispatch:
-    """Entries of one phase by method, then by path head: a request only meets the rules that
-    could match its method and path."""
+    """Entries of one phase by method, then by the path's first segment: a request only meets the
+    rules that could match its method and path."""
 
     __slots__ = ("_by_method", "_other", "always_by_method", "always_other", "empty", "firsts")
 

@@ -295,3 +295,39 @@ async def test_interest_by_first_segment_skips_hooks_for_other_paths(upstream, m
     assert chain(api, Every()).request_interest is None                      # one part wants every path
     merged = chain(api, Other()).request_interest
     assert merged == Interest({"*": frozenset({"/api", "/b"}), "POST": None, "GET": frozenset({"/api", "/c"})})
+
+
+async def test_on_request_may_wait_without_blocking_other_connections(upstream, make_proxy):
+    """An on_request that returns an awaitable holds its exchange (the body is kept, not lost) while
+    other connections are served; it may then let the request through or answer it."""
+    gate = asyncio.Event()
+
+    class Waits(Hooks):
+        def on_request(self, ex):
+            if ex.path == "/fast":
+                return None
+            return self.later(ex)
+
+        async def later(self, ex):
+            await gate.wait()
+            if ex.path == "/deny":
+                return Reply(403, [(b"Content-Type", b"text/plain")], b"denied\n")
+            ex.request_headers.append((b"X-Checked", b"yes"))
+            return None
+
+    px = await make_proxy(upstream.port, hooks=Waits())
+    r1, w1 = await open_client(px.port)
+    w1.write(b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+    r2, w2 = await open_client(px.port)
+    w2.write(b"GET /deny HTTP/1.1\r\nHost: a\r\n\r\n")
+    fast = await asyncio.wait_for(roundtrip(px.port, b"GET /fast HTTP/1.1\r\nHost: a\r\n\r\n"), 5)
+    assert fast.status == 200 and [s.target for s in upstream.requests] == ["/fast"]
+    gate.set()
+    slow = await asyncio.wait_for(read_response(r1), 5)
+    deny = await asyncio.wait_for(read_response(r2), 5)
+    assert slow.status == 200 and deny.status == 403 and deny.body == b"denied\n"
+    seen = {s.target: s for s in upstream.requests}
+    assert "/deny" not in seen
+    assert seen["/slow"].header("x-checked") == "yes" and seen["/slow"].body == b"hello"
+    w1.close()
+    w2.close()
