@@ -11,6 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from decorator.actions.registry import ACTIONS
@@ -204,7 +205,9 @@ class RuleHooks(Hooks):
             if statuses is not None or any(v is not None for v in by_status.values()):
                 self.response_interest = Interest(by_status)
         if done:
-            self.on_complete = self._on_complete
+            # Straight to the compiled phase function: this runs for every exchange with a status
+            # some complete-phase rule accepts (all of them when a rule records timing).
+            self.on_complete = partial(run_complete, self._done, self._hits, self._trace, self._failed)
 
     # -- the three hooks ----------------------------------------------------------------------
     def _on_request(self, ex: Exchange) -> Reply | None:
@@ -288,9 +291,6 @@ class RuleHooks(Hooks):
         if self._trace is not None:
             self._trace(e.name, action, "response")
         return r
-
-    def _on_complete(self, ex: Exchange) -> None:
-        run_complete(self._done, self._hits, self._trace, self._failed, ex)
 
     def _failed(self, rule: str, action: str, phase: str) -> None:
         n = self._errors[rule] = self._errors.get(rule, 0) + 1
