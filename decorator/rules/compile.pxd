@@ -14,5 +14,9 @@ cdef class Dispatch:
     cdef public bint empty
     cpdef object lookup(self, str method, str path)
 
-@cython.locals(d=Dispatch, e=_Entry, status=int)
-cpdef run_complete(list table, dict hits, object trace, object failed, Exchange ex)
+cdef class CompletePhase:
+    cdef public list table
+    cdef public dict hits
+    cdef public object trace, failed
+    @cython.locals(d=Dispatch, e=_Entry, status=int, hits=dict)
+    cpdef run(self, Exchange ex)

@@ -11,7 +11,6 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from decorator.actions.registry import ACTIONS
@@ -205,9 +204,7 @@ class RuleHooks(Hooks):
             if statuses is not None or any(v is not None for v in by_status.values()):
                 self.response_interest = Interest(by_status)
         if done:
-            # Straight to the compiled phase function: this runs for every exchange with a status
-            # some complete-phase rule accepts (all of them when a rule records timing).
-            self.on_complete = partial(run_complete, self._done, self._hits, self._trace, self._failed)
+            self.on_complete = CompletePhase(self._done, self._hits, self._trace, self._failed).run
 
     # -- the three hooks ----------------------------------------------------------------------
     def _on_request(self, ex: Exchange) -> Reply | None:
@@ -302,28 +299,38 @@ class RuleHooks(Hooks):
                           rule, action, phase, n)
 
 
-def run_complete(table: list[Dispatch], hits: dict[str, int], trace: Callable | None,
-                 failed: Callable[[str, str, str], None], ex: Exchange) -> None:
-    """The complete phase for one exchange (every exchange meets it when a rule records timing)."""
-    status = ex.status
-    d = table[status if 0 <= status < _STATUS_SLOTS else 0]  # _lookup, inlined: every exchange
-    if d.empty:
-        return
-    # Only path-less rules here (timing on every exchange): found without a lookup call.
-    cands = d.lookup(ex.method, ex.path) if d.firsts else d.always_by_method.get(ex.method, d.always_other)
-    for e in cands:
-        if not (e.always or e.matches(ex)):
-            continue
-        if e.count_hit:
-            hits[e.name] = hits.get(e.name, 0) + 1
-        for fn, action in e.fns:
-            try:
-                fn(ex)
-            except Exception:  # isolated: failed() logs the traceback and counts
-                failed(e.name, action, "complete")
+class CompletePhase:
+    """The complete phase, run for every exchange with a status some complete-phase rule accepts
+    (all of them when a rule records timing): compiled with types, called as `run(ex)`."""
+
+    def __init__(self, table: list[Dispatch], hits: dict[str, int], trace: Callable | None,
+                 failed: Callable[[str, str, str], None]) -> None:
+        self.table = table
+        self.hits = hits
+        self.trace = trace
+        self.failed = failed
+
+    def run(self, ex: Exchange) -> None:
+        status = ex.status
+        d = self.table[status if 0 <= status < _STATUS_SLOTS else 0]  # _lookup, inlined
+        if d.empty:
+            return
+        # Only path-less rules here (timing on every exchange): found without a lookup call.
+        cands = d.lookup(ex.method, ex.path) if d.firsts else d.always_by_method.get(ex.method, d.always_other)
+        hits = self.hits
+        for e in cands:
+            if not (e.always or e.matches(ex)):
                 continue
-            if trace is not None:
-                trace(e.name, action, "complete")
+            if e.count_hit:
+                hits[e.name] = hits.get(e.name, 0) + 1
+            for fn, action in e.fns:
+                try:
+                    fn(ex)
+                except Exception:  # isolated: failed() logs the traceback and counts
+                    self.failed(e.name, action, "complete")
+                    continue
+                if self.trace is not None:
+                    self.trace(e.name, action, "complete")
 
 
 class Dispatch:
