@@ -1,4 +1,5 @@
 # Types for the compiled build of exchange.py (Cython pure-Python mode; the .py stays the source).
+cimport cython
 from decorator.proxy.hooks cimport Exchange
 from decorator.proxy.http cimport RequestFraming, ResponseFraming
 from decorator.proxy.upstream cimport UpstreamConnection, UpstreamPool
@@ -52,13 +53,23 @@ cdef class Flow(Exchange):
     cpdef start(self)
     cpdef request_body(self, bytes body)
     cpdef request_done(self)
+    @cython.locals(conn=UpstreamConnection)
     cpdef _forward(self)
+    @cython.locals(framing=RequestFraming, parts=list)
     cpdef bytes _upstream_head(self)
+    @cython.locals(conn=Downstream, framing=RequestFraming)
     cpdef _attach(self, UpstreamConnection up)
+    @cython.locals(up=UpstreamConnection, pool=UpstreamPool)
     cpdef _release_upstream(self, bint reusable)
+    @cython.locals(conn=Downstream, status=int, no_body=bint, client11=bint)
     cpdef _write_response_head(self, ResponseFraming rf)
+    @cython.locals(out=list)
     cpdef up_body(self, bytes data)
+    @cython.locals(rf=ResponseFraming, up=UpstreamConnection)
     cpdef up_complete(self)
+    @cython.locals(rf=ResponseFraming, up=UpstreamConnection, head_only=bint)
+    cpdef up_headers(self, int status, bint keep_alive, list headers, list hop, long long content_length)
     cpdef up_flush(self)
     cpdef _maybe_finish(self)
+    @cython.locals(srv=Host, conn=Downstream, now=double)
     cpdef _finish(self)

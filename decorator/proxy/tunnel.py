@@ -332,7 +332,7 @@ class ClientConnection(Downstream):
             # byte more below than its shortest form on the wire): count exactly.
             if len(url) > lim.max_header_size:
                 raise _Reject(414, "request target too long")
-            if len(url) + sum(len(n) + len(v) + 4 for n, v in headers) > lim.max_header_size:
+            if _head_size(url, headers) > lim.max_header_size:
                 raise _Reject(431, "request header block too large")
         self.head_bytes = 0
         if len(headers) > lim.max_headers:
@@ -538,6 +538,14 @@ class ClientConnection(Downstream):
         if self.write_paused and now - self.write_paused_since > lim.idle_timeout:
             flow.error = "client_too_slow"
             self.abort()
+
+
+def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """A head's size as counted for the limit: the target, and each field with its ': ' and CRLF."""
+    size = len(url)
+    for n, v in headers:
+        size += len(n) + len(v) + 4
+    return size
 
 
 def _no_version(url: bytes, data: bytes) -> bool:

@@ -1,4 +1,5 @@
 # Types for the compiled build of aggregate.py (Cython pure-Python mode; the .py stays the source).
+cimport cython
 from decorator.proxy.hooks cimport Exchange
 
 cdef class Endpoints:
@@ -25,4 +26,10 @@ cdef class Aggregator:
     cdef public long long _seq, _sent_seq, errors_total
     cdef public double _last_snapshot
     cdef public frozenset _last_fields
+    @cython.locals(st=_Stat, status=int, ms=double, again=bint)
     cpdef _record(self, frozenset fields, Exchange ex)
+
+cdef class FieldRecorder:
+    cdef public Aggregator aggregator
+    cdef public frozenset fields
+    cpdef record(self, Exchange ex)

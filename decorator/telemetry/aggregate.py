@@ -12,7 +12,6 @@ import time
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from decorator.proxy.hooks import Exchange
@@ -37,6 +36,7 @@ _ID_SEGMENT = re.compile(
     r")(\.[A-Za-z0-9]{1,8})?"
 )
 _FILE = re.compile(r"\.[0-9a-z]+$", re.IGNORECASE)  # the seed's isFile
+_BOUNDS_MS = [float(b) for b in LATENCY_BOUNDS_MS]  # floats: a float compared with an int is the slow path
 _CACHE_MAX = 4096          # distinct raw paths whose collapsed form is remembered
 _CACHE_PATH_MAX = 256      # longer paths are collapsed every time rather than pinned in memory
 
@@ -159,6 +159,17 @@ class _Stat:
         }
 
 
+class FieldRecorder:
+    """An Aggregator's `record` with the fields bound (what `Aggregator.recorder` hands out)."""
+
+    def __init__(self, aggregator: Aggregator, fields: frozenset[str]) -> None:
+        self.aggregator = aggregator
+        self.fields = fields
+
+    def record(self, ex: Exchange) -> None:
+        self.aggregator._record(self.fields, ex)
+
+
 class Aggregator:
     """The `record` sink: per-endpoint numbers plus a bounded ring of recent error exchanges.
 
@@ -189,9 +200,9 @@ class Aggregator:
         self._record(fields, ex)
 
     def recorder(self, fields: frozenset[str] = ALL_FIELDS) -> Callable[[Exchange], None]:
-        """`record` with `fields` bound, for a hook that runs on every exchange: a positional
-        partial is called without building a keyword dict each time."""
-        return partial(self._record, fields)
+        """`record` with `fields` bound, for a hook that runs on every exchange (one argument, no
+        keyword dict or partial in between)."""
+        return FieldRecorder(self, fields).record
 
     def _record(self, fields: frozenset[str], ex: Exchange) -> None:
         if ex is self._last_ex:
@@ -215,7 +226,7 @@ class Aggregator:
         ms = ((ex.t_end or time.monotonic()) - ex.t_start) * 1000.0
         if "timing" in fields:
             st.lat_sum += ms
-            st.buckets[bisect_left(LATENCY_BOUNDS_MS, ms)] += 1
+            st.buckets[bisect_left(_BOUNDS_MS, ms)] += 1
         if "size" in fields:
             st.bytes_in += ex.bytes_in
             st.bytes_out += ex.bytes_out

@@ -1,4 +1,5 @@
 # Types for the compiled build of metrics.py (Cython pure-Python mode; the .py stays the source).
+cimport cython
 from decorator.proxy.hooks cimport Exchange
 from decorator.telemetry.aggregate cimport Endpoints
 
@@ -14,4 +15,5 @@ cdef class Metrics:
     cdef public dict _series
     cdef public list _sources
     cdef public long long source_errors
+    @cython.locals(s=_Series, status=int, seconds=double)
     cpdef observe(self, Exchange ex)
