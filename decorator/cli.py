@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from decorator import __version__
-from decorator.errors import DecoratorError, UsageError
+from decorator.errors import DecoratorError, RulesInvalid, UsageError
 
 
 class _Version(argparse.Action):
@@ -110,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"decorator {args.command}: {e}", file=sys.stderr)
         return 2
+    except RulesInvalid as e:
+        # Every error, then one summary line: a long list still ends saying what happened.
+        print(str(e), file=sys.stderr)
+        n = len(e.errors)
+        verdict = "not starting" if args.command == "run" else "invalid"
+        print(f"{verdict}: {n} error{'' if n == 1 else 's'}", file=sys.stderr)
+        return 1
     except DecoratorError as e:  # a user error with its location; bugs keep their traceback
         print(str(e), file=sys.stderr)
         return 1
