@@ -8,9 +8,9 @@ knows nothing of sockets, rules or telemetry.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from decorator.errors import UsageError
 from decorator.proxy.limits import Limits
@@ -48,6 +48,26 @@ def parse_target(text: str, what: str) -> tuple[str, int]:
             raise UsageError(f"{what}: expected [HOST:]PORT, got {text!r}")
         return host, parse_port(port, what)
     return "127.0.0.1", parse_port(text, what)
+
+
+def parse_dashboard_url(text: str, what: str) -> str:
+    """'dash:8088' -> 'http://dash:8088'; an http(s) URL as given. Anything else is a usage error
+    now rather than a push that fails every second for the life of the pod."""
+    given = str(text).strip()
+    # The seed's MOTHERSHIP/DASHBOARD were often given as a bare host:port.
+    url = given if "://" in given else "http://" + given
+    expected = f"expected http(s)://HOST[:PORT][/PATH] or HOST:PORT, got {given!r}"
+    try:
+        u = urlsplit(url)
+        port = u.port  # ValueError when not a number in 0-65535
+    except ValueError:
+        raise UsageError(f"{what}: {expected}") from None
+    if u.scheme not in ("http", "https"):
+        raise UsageError(f"{what}: only http:// and https:// are supported, got {given!r}")
+    # An empty port ("dash:") passes urlsplit; a query would end up before the pushed paths.
+    if not u.hostname or port == 0 or u.netloc.endswith(":") or u.query or u.fragment:
+        raise UsageError(f"{what}: {expected}")
+    return url
 
 
 def parse_size(text: str, what: str) -> int:
@@ -128,12 +148,14 @@ def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
         connect_timeout=_dur(args.connect_timeout, "--connect-timeout", d.connect_timeout),
         upstream_timeout=_dur(args.upstream_timeout, "--upstream-timeout", d.upstream_timeout),
     )
-    dashboard = env.get("DASHBOARD") or env.get("MOTHERSHIP") or None
     if getattr(args, "dashboard", None):
-        dashboard = args.dashboard
-    if dashboard and not re.match(r"^https?://", dashboard):
-        # The seed's MOTHERSHIP/DASHBOARD were often given as a bare host:port.
-        dashboard = "http://" + dashboard
+        dashboard = parse_dashboard_url(args.dashboard, "--dashboard")
+    elif env.get("DASHBOARD"):
+        dashboard = parse_dashboard_url(env["DASHBOARD"], "DASHBOARD")
+    elif env.get("MOTHERSHIP"):
+        dashboard = parse_dashboard_url(env["MOTHERSHIP"], "MOTHERSHIP")
+    else:
+        dashboard = None
     log_level = (args.log_level or env.get("LOG_LEVEL") or "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise UsageError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
