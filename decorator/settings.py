@@ -103,8 +103,8 @@ class Settings:
     dashboard: str | None = None           # DASHBOARD (alias MOTHERSHIP): where telemetry is pushed
     dashboard_token: str | None = None     # DASHBOARD_TOKEN: bearer token for the pushes
     pod: str = ""                          # POD_NAME, else HOSTNAME
-    reload_poll: float = 5.0               # fallback poll of the rules directory (seconds; 0 = off)
-    watch: bool = True                     # watch the rules directory for changes
+    reload_poll: float = 5.0               # poll of the rules files besides the watch (seconds; 0 = off)
+    watch: bool = True                     # False: no watch and no poll, SIGHUP only (--no-watch)
 
 
 def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
@@ -156,6 +156,11 @@ def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
         dashboard = parse_dashboard_url(env["MOTHERSHIP"], "MOTHERSHIP")
     else:
         dashboard = None
+    watch = not getattr(args, "no_watch", False)
+    reload_poll = _dur(getattr(args, "reload_poll", None), "--reload-poll", 5.0 if watch else 0.0)
+    if not watch and reload_poll:
+        raise UsageError("--reload-poll: --no-watch turns off every automatic reload, the poll too; "
+                         "give one or the other (SIGHUP reloads either way)")
     log_level = (args.log_level or env.get("LOG_LEVEL") or "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise UsageError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
@@ -173,8 +178,8 @@ def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
         dashboard=dashboard,
         dashboard_token=env.get("DASHBOARD_TOKEN") or None,
         pod=env.get("POD_NAME") or env.get("HOSTNAME") or os.uname().nodename,
-        reload_poll=_dur(getattr(args, "reload_poll", None), "--reload-poll", 5.0),
-        watch=not getattr(args, "no_watch", False),
+        reload_poll=reload_poll,
+        watch=watch,
     )
 
 
