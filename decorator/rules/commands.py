@@ -34,6 +34,8 @@ def validate(paths: list[str], fmt: str = "text") -> int:
                 print(str(err))
             print(f"invalid: {_plural(len(e.errors), 'error')}", file=sys.stderr)
         return 1
+    for note in rs.notes:  # stderr in both formats: the JSON on stdout stays the list of errors
+        print(f"note: {note}", file=sys.stderr)
     if fmt == "json":
         print("[]")
         return 0
