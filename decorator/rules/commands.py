@@ -109,6 +109,10 @@ def explain(rules_paths: list[str], request: str, status: int | None = None,
                 ex.status, ex.response_headers = 0, None
             else:
                 ex.status, ex.response_headers = outcome.status, list(outcome.headers)
+                # For `replied_by`: the response phase looks at the app's answer (when there is one),
+                # complete at what the client got.
+                ex.replaced = by_sidecar or (phase == "complete" and outcome.replaced)
+                ex.t_response = ex.t_start
             reasons = cr.why_not(ex, phase)
             if not reasons and phase == "response" and by_sidecar:
                 reasons = ["the request phase answered: the app's response phase does not run"]
