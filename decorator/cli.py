@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from decorator import __version__
-from decorator.errors import DecoratorError, UsageError
+from decorator.errors import DecoratorError, RulesInvalid, UsageError
 
 
 class _Version(argparse.Action):
@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the sidecar proxy in front of the app",
                        description="Listen on PORT and forward to the app on TARGET_PORT, applying the rules. "
                        "Environment: PORT (8080), TARGET_PORT (8087; HOST:PORT accepted), RULES, "
-                       "DASHBOARD (alias MOTHERSHIP), DASHBOARD_TOKEN, POD_NAME. Flags win over env.")
+                       "DASHBOARD (alias MOTHERSHIP), DASHBOARD_TOKEN, POD_NAME. Flags win over env. "
+                       "The rules reload when their files change (a file watch, plus a poll every "
+                       "--reload-poll; --no-watch turns both off) and on SIGHUP, always. SIGTERM or "
+                       "SIGINT drains the exchanges in flight and stops.")
     r.add_argument("--port", help="port to listen on (env PORT, default 8080)")
     r.add_argument("--host", help="address to listen on (env HOST, default 0.0.0.0)")
     r.add_argument("--target", metavar="[HOST:]PORT", help="the app (env TARGET_PORT, default 8087)")
@@ -66,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-connections", metavar="N", help="most concurrent client connections "
                    "(default 10000)")
     r.add_argument("--dashboard", metavar="URL", help="push telemetry to this dashboard (env DASHBOARD)")
-    r.add_argument("--reload-poll", metavar="DURATION", help="also re-read the rules this often "
-                   "(default 5s, 0 = off)")
-    r.add_argument("--no-watch", action="store_true", help="do not watch the rules for changes")
+    r.add_argument("--reload-poll", metavar="DURATION", help="besides watching for file changes, "
+                   "compare the rules files with what is loaded this often and reload if they differ "
+                   "(default 5s; 0 = watch only)")
+    r.add_argument("--no-watch", action="store_true", help="no automatic reload at all: neither the "
+                   "file watch nor the poll; only SIGHUP reloads the rules")
 
     v = sub.add_parser("validate", help="check rules files (or a ConfigMap manifest) and report errors")
     v.add_argument("paths", nargs="+", metavar="PATH")
@@ -110,6 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"decorator {args.command}: {e}", file=sys.stderr)
         return 2
+    except RulesInvalid as e:
+        # Every error, then one summary line: a long list still ends saying what happened.
+        print(str(e), file=sys.stderr)
+        n = len(e.errors)
+        verdict = "not starting" if args.command == "run" else "invalid"
+        print(f"{verdict}: {n} error{'' if n == 1 else 's'}", file=sys.stderr)
+        return 1
     except DecoratorError as e:  # a user error with its location; bugs keep their traceback
         print(str(e), file=sys.stderr)
         return 1

@@ -69,6 +69,7 @@ class Reloader:
         self.on_swap(obj)
         self.active = _describe(digest, obj)
         log.info("rules loaded: %s (%s)", digest[:12], _count_text(self.active))
+        _log_notes(self.active)
         return obj
 
     def adopt(self, digest: str, obj: Any) -> None:
@@ -164,6 +165,7 @@ class Reloader:
         self.last_reload = {"ok": True, "time": self.active["loaded_at"], "reason": reason, "errors": []}
         log.info("rules reloaded (%s): %s -> %s (%s)", reason, (previous or "nothing")[:12], digest[:12],
                  _count_text(self.active))
+        _log_notes(self.active)
         return True
 
     def _build_snapshot(self) -> tuple[str, Any] | None:
@@ -292,7 +294,15 @@ def _describe(digest: str, obj: Any) -> dict:
     if rules is not None:
         out["rules"] = len(rules)
         out["names"] = [getattr(r, "name", None) for r in rules]
+    notes = getattr(rs, "notes", None)
+    if notes:
+        out["notes"] = list(notes)
     return out
+
+
+def _log_notes(active: dict) -> None:
+    for note in active.get("notes", ()):  # e.g. an empty rules directory: running, but with no rules
+        log.warning("%s", note)
 
 
 def _count_text(active: dict) -> str:

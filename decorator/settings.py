@@ -8,9 +8,9 @@ knows nothing of sockets, rules or telemetry.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from decorator.errors import UsageError
 from decorator.proxy.limits import Limits
@@ -50,6 +50,26 @@ def parse_target(text: str, what: str) -> tuple[str, int]:
     return "127.0.0.1", parse_port(text, what)
 
 
+def parse_dashboard_url(text: str, what: str) -> str:
+    """'dash:8088' -> 'http://dash:8088'; an http(s) URL as given. Anything else is a usage error
+    now rather than a push that fails every second for the life of the pod."""
+    given = str(text).strip()
+    # The seed's MOTHERSHIP/DASHBOARD were often given as a bare host:port.
+    url = given if "://" in given else "http://" + given
+    expected = f"expected http(s)://HOST[:PORT][/PATH] or HOST:PORT, got {given!r}"
+    try:
+        u = urlsplit(url)
+        port = u.port  # ValueError when not a number in 0-65535
+    except ValueError:
+        raise UsageError(f"{what}: {expected}") from None
+    if u.scheme not in ("http", "https"):
+        raise UsageError(f"{what}: only http:// and https:// are supported, got {given!r}")
+    # An empty port ("dash:") passes urlsplit; a query would end up before the pushed paths.
+    if not u.hostname or port == 0 or u.netloc.endswith(":") or u.query or u.fragment:
+        raise UsageError(f"{what}: {expected}")
+    return url
+
+
 def parse_size(text: str, what: str) -> int:
     size = size_bytes(str(text))
     if size is None:
@@ -83,8 +103,8 @@ class Settings:
     dashboard: str | None = None           # DASHBOARD (alias MOTHERSHIP): where telemetry is pushed
     dashboard_token: str | None = None     # DASHBOARD_TOKEN: bearer token for the pushes
     pod: str = ""                          # POD_NAME, else HOSTNAME
-    reload_poll: float = 5.0               # fallback poll of the rules directory (seconds; 0 = off)
-    watch: bool = True                     # watch the rules directory for changes
+    reload_poll: float = 5.0               # poll of the rules files besides the watch (seconds; 0 = off)
+    watch: bool = True                     # False: no watch and no poll, SIGHUP only (--no-watch)
 
 
 def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
@@ -128,12 +148,19 @@ def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
         connect_timeout=_dur(args.connect_timeout, "--connect-timeout", d.connect_timeout),
         upstream_timeout=_dur(args.upstream_timeout, "--upstream-timeout", d.upstream_timeout),
     )
-    dashboard = env.get("DASHBOARD") or env.get("MOTHERSHIP") or None
     if getattr(args, "dashboard", None):
-        dashboard = args.dashboard
-    if dashboard and not re.match(r"^https?://", dashboard):
-        # The seed's MOTHERSHIP/DASHBOARD were often given as a bare host:port.
-        dashboard = "http://" + dashboard
+        dashboard = parse_dashboard_url(args.dashboard, "--dashboard")
+    elif env.get("DASHBOARD"):
+        dashboard = parse_dashboard_url(env["DASHBOARD"], "DASHBOARD")
+    elif env.get("MOTHERSHIP"):
+        dashboard = parse_dashboard_url(env["MOTHERSHIP"], "MOTHERSHIP")
+    else:
+        dashboard = None
+    watch = not getattr(args, "no_watch", False)
+    reload_poll = _dur(getattr(args, "reload_poll", None), "--reload-poll", 5.0 if watch else 0.0)
+    if not watch and reload_poll:
+        raise UsageError("--reload-poll: --no-watch turns off every automatic reload, the poll too; "
+                         "give one or the other (SIGHUP reloads either way)")
     log_level = (args.log_level or env.get("LOG_LEVEL") or "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise UsageError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
@@ -151,8 +178,8 @@ def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
         dashboard=dashboard,
         dashboard_token=env.get("DASHBOARD_TOKEN") or None,
         pod=env.get("POD_NAME") or env.get("HOSTNAME") or os.uname().nodename,
-        reload_poll=_dur(getattr(args, "reload_poll", None), "--reload-poll", 5.0),
-        watch=not getattr(args, "no_watch", False),
+        reload_poll=reload_poll,
+        watch=watch,
     )
 
 

@@ -1,7 +1,8 @@
 """`notify`: POST a JSON event to a URL when the rule matches, at completion, never waiting.
 
 Decides here (synchronously: threshold, cooldown/dedupe) and hands the event to the runtime's
-bounded queue; delivery, retries and backoff live in actions.runtime. Imports proxy.hooks, rules.base.
+bounded queue; delivery, retries and backoff live in actions.runtime. Imports proxy.hooks and
+rules (values, match).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from decorator.actions.registry import Action, RuleInfo, register, template_values
 from decorator.actions.runtime import NotifyTarget
 from decorator.proxy.hooks import Exchange
+from decorator.rules.match import replied_by
 from decorator.rules.values import Template, header_safe, parse_seconds
 
 _THRESHOLD = re.compile(r"^\s*(\d+)\s+in\s+(\S+)\s*$")
@@ -100,6 +102,9 @@ class Notify(Action):
             event["route"] = ex.route
         if ex.error:
             event["error"] = ex.error
+        who = replied_by(ex)
+        if who is not None:
+            event["replied_by"] = who
         if self._message is not None:
             if values is None:
                 values = template_values(ex, self.rule.name, ex.status)

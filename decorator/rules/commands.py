@@ -34,6 +34,8 @@ def validate(paths: list[str], fmt: str = "text") -> int:
                 print(str(err))
             print(f"invalid: {_plural(len(e.errors), 'error')}", file=sys.stderr)
         return 1
+    for note in rs.notes:  # stderr in both formats: the JSON on stdout stays the list of errors
+        print(f"note: {note}", file=sys.stderr)
     if fmt == "json":
         print("[]")
         return 0
@@ -107,6 +109,10 @@ def explain(rules_paths: list[str], request: str, status: int | None = None,
                 ex.status, ex.response_headers = 0, None
             else:
                 ex.status, ex.response_headers = outcome.status, list(outcome.headers)
+                # For `replied_by`: the response phase looks at the app's answer (when there is one),
+                # complete at what the client got.
+                ex.replaced = by_sidecar or (phase == "complete" and outcome.replaced)
+                ex.t_response = ex.t_start
             reasons = cr.why_not(ex, phase)
             if not reasons and phase == "response" and by_sidecar:
                 reasons = ["the request phase answered: the app's response phase does not run"]

@@ -52,7 +52,8 @@ def load_rules(paths: Sequence[str] | str, env: Mapping[str, str] | None = None)
     loader.check_test_refs()
     if loader.errors:
         raise RulesInvalid(loader.sorted_errors())
-    return RuleSet(loader.entries, list(loader.digests), loader.digest(), loader.tests, tuple(map(str, paths)))
+    return RuleSet(loader.entries, list(loader.digests), loader.digest(), loader.tests, tuple(map(str, paths)),
+                   loader.notes)
 
 
 def pack_units(path: str) -> list[str]:
@@ -164,6 +165,7 @@ class _Loader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self.errors: list[RuleError] = []
+        self.notes: list[str] = []  # worth a warning, not an error (RuleSet.notes)
         self.entries: list[LoadedRule] = []
         self.tests: list[LoadedTest] = []
         self.digests: dict[str, str] = {}
@@ -209,7 +211,13 @@ class _Loader:
             if not files:
                 units = pack_units(path)
                 if units == [path]:
-                    self.add(at or Location(path), f"no *.yaml or *.yml files in directory {path}")
+                    if at is None and not stack:
+                        # A rules directory given to run/validate: a new ConfigMap with no keys yet, or
+                        # the image's default RULES. No rules, not a refusal; a file added later loads.
+                        self.notes.append(f"{path}: no *.yaml or *.yml files in this directory: no rules "
+                                          "from it")
+                    else:
+                        self.add(at or Location(path), f"no *.yaml or *.yml files in directory {path}")
                     return
                 for unit in units:
                     self.load_path(unit, ivars, stack, at)

@@ -221,7 +221,7 @@ class HeaderCheck:
 # ----------------------------------------------------------------------------------------------
 # The JMESPath view of an exchange (documented in docs/rules.md). Built only when a `when` runs.
 
-VIEW_KEYS = ("request", "response", "timing", "route", "error")
+VIEW_KEYS = ("request", "response", "timing", "route", "error", "replied_by")
 
 
 def _headers_dict(headers: list | None) -> dict[str, str]:
@@ -254,7 +254,17 @@ def exchange_view(ex: Exchange) -> dict:
         # Why the proxy answered or the exchange failed (upstream_connect, upstream_timeout,
         # client_closed...): null when the app answered.
         "error": ex.error,
+        "replied_by": replied_by(ex),
     }
+
+
+def replied_by(ex: Exchange) -> str | None:
+    """Who made the response the client gets: 'app', 'sidecar' (a rule's or hook's reply, or the
+    sidecar's own 502/504/4xx), None while there is none. A status with no response head time is the
+    sidecar's own error answer offered to the response phase before it is sent."""
+    if not ex.status:
+        return None
+    return "sidecar" if ex.replaced or not ex.t_response else "app"
 
 
 _CONTEXT_KEEPING = {"and_expression", "or_expression", "not_expression", "comparator",

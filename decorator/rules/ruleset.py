@@ -107,6 +107,7 @@ class RuleSet:
     digest: str
     tests: list[Any] = field(default_factory=list)  # pack tests (LoadedTest), for `decorator test`
     paths: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)  # warnings, e.g. a rules directory with no rules files
 
     @property
     def rules(self) -> list:

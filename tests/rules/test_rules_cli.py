@@ -245,3 +245,32 @@ def test_explain_follows_a_request_phase_reply_into_the_later_phases(tmp_path):
     assert " MATCH " in by_rule["maintenance"] and " MATCH " in by_rule["alert"]
     assert "the request phase answered" in by_rule["errors-page"]
     assert lines[-1] == "2 matches, 3 rules"
+
+
+def test_replied_by_keeps_a_maintenance_503_from_paging_in_decorator_test(tmp_path):
+    """The same 5xx alert, keyed on `replied_by == 'app'`: quiet for the sidecar's maintenance 503,
+    fires for the app's 503 (`decorator test` drives the tunnel's own order, no network)."""
+    (tmp_path / "rules.yaml").write_text(textwrap.dedent("""\
+        rules:
+          - name: maintenance
+            enabled: ${MAINTENANCE:-false}
+            match: { path: "/shop/**" }
+            respond: { status: 503, body: down }
+          - name: page-on-call
+            match: { status: 5xx, when: "replied_by == 'app'" }
+            notify: { url: "http://127.0.0.1:9/events" }
+        """))
+    (tmp_path / "rules.tests.yaml").write_text(textwrap.dedent("""\
+        tests:
+          - name: the maintenance 503 does not page
+            env: { MAINTENANCE: "true" }
+            request: GET /shop/cart
+            expect: { status: 503, body: down, notify: [], not_fired: [page-on-call] }
+          - name: the app's 503 pages
+            request: GET /shop/cart
+            upstream: { status: 503 }
+            expect: { status: 503, notify: [page-on-call] }
+        """))
+    r = run("test", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == "2 passed, 0 failed"

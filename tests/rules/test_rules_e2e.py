@@ -246,3 +246,37 @@ async def test_receiver_answering_500_then_200_gets_the_event_once(stack):
         assert flaky.events[0]["request"]["path"] == "/status/500"
     finally:
         await flaky.close()
+
+
+async def test_replied_by_tells_a_maintenance_503_from_the_apps_through_the_tunnel(stack):
+    """docs/rules.md's on-call page (`replied_by == 'app' || error != null`) fires for the app's 503
+    and the sidecar's own 502 (app down), not for the maintenance 503; the events say who replied."""
+    hook = await Receiver([(200, {})]).start()
+    try:
+        rules = f"""
+            rules:
+              - name: maintenance
+                match: {{path: "/shop/**"}}
+                respond: {{status: 503, body: down}}
+              - name: page
+                match: {{status: 5xx, when: "replied_by == 'app' || error != `null`"}}
+                notify: {{url: "{hook.url}"}}
+              - name: seen-sidecar
+                match: {{status: 5xx, when: "replied_by == 'sidecar'"}}
+                notify: {{url: "{hook.url}"}}
+            """
+        s = await stack(rules)
+        assert (await s.client.get("/shop/cart")).status_code == 503
+        assert (await s.client.get("/status/503")).status_code == 503
+        down = await stack(rules, app_up=False)
+        assert (await down.client.get("/api")).status_code == 502
+        await asyncio.wait_for(_until(lambda: len(hook.events) == 4), 10)
+        await asyncio.sleep(0.3)  # room for a wrong fifth event (the maintenance 503 paging) to land
+        got = sorted((e["rule"], e["request"]["path"], e["response"]["status"], e["replied_by"])
+                     for e in hook.events)
+        assert got == [("page", "/api", 502, "sidecar"),
+                       ("page", "/status/503", 503, "app"),
+                       ("seen-sidecar", "/api", 502, "sidecar"),
+                       ("seen-sidecar", "/shop/cart", 503, "sidecar")]
+    finally:
+        await hook.close()

@@ -243,6 +243,20 @@ def test_view_shape():
     assert exchange_view(ex)["error"] == "upstream_timeout"
 
 
+def test_view_replied_by_follows_the_exchange():
+    from decorator.rules.match import exchange_view
+    ex = make_ex("/")
+    assert exchange_view(ex)["replied_by"] is None  # no response yet (request phase, or a failure)
+    # The sidecar's own 502 as the response phase sees it: a status, but no app response head.
+    ex.status, ex.error = 502, "upstream"
+    assert exchange_view(ex)["replied_by"] == "sidecar"
+    ex = make_ex("/", status=503)
+    ex.t_response = ex.t_start + 0.01  # the app's response head arrived
+    assert exchange_view(ex)["replied_by"] == "app"
+    ex.replaced = True  # a rule's reply went out instead
+    assert exchange_view(ex)["replied_by"] == "sidecar"
+
+
 def test_response_interest_by_status_only_when_every_response_rule_names_statuses(tmp_path):
     from tests.rules.helpers import hooks_for
 
