@@ -63,7 +63,7 @@ _LAX = {kind: TypeAdapter(kind) for kind in (bool, int, float)}
 
 def from_variables(tp: Any, v: Any) -> Any:
     """`v` with each VarText in it (itself, or an item of a list or dict) turned into the bool, int
-    or float that type `tp` takes there, as YAML-less lax parsing reads it ("true", "503", "0.5").
+    or float that type `tp` takes there, parsed as pydantic's lax mode does ("true", "yes", "503", "0.5").
     Text a field takes as text (or that does not parse) is left for the field's own validation,
     whose error then names what was expected."""
     if isinstance(v, VarText):
