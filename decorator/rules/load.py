@@ -26,6 +26,7 @@ from decorator.actions.registry import ACTIONS, RuleInfo
 from decorator.errors import Location, RuleError, RulesInvalid
 from decorator.rules.models import Include, Rule, RulesDocument, TestCase, _include_shorthand
 from decorator.rules.ruleset import LoadedRule, RuleSet
+from decorator.rules.values import VarText
 
 YAML_SUFFIXES = (".yaml", ".yml")
 _REF = re.compile(r"\$\$\{|\$\{([^}]*)\}?")
@@ -430,7 +431,7 @@ class _Loader:
     def _expand(self, text: str, path: tuple, src: _Source, lookup: Mapping) -> Any:
         out = []
         pos = 0
-        whole = None
+        substituted = False
         for m in _REF.finditer(text):
             out.append(text[pos:m.start()])
             pos = m.end()
@@ -463,13 +464,12 @@ class _Loader:
                          f"default; set it or write ${{{name}:-default}}")
                 self.unresolved.add(path)
                 return text
-            if m.start() == 0 and m.end() == len(text):
-                whole = val  # a lone reference keeps the type a vars entry gave it (true, 503)
             out.append(_scalar_text(val))
-        if whole is not None:
-            return whole
+            substituted = True
         out.append(text[pos:])
-        return "".join(out)
+        # Marked, so that validation turns it into the number or true/false its field takes (a vars
+        # entry's 503 or true, too, is text once it stands in a value).
+        return VarText("".join(out)) if substituted else "".join(out)
 
     # -- pydantic errors -> located messages ----------------------------------------------------
     def _pydantic_error(self, err: dict, src: _Source) -> None:

@@ -51,12 +51,19 @@ StatusList = Annotated[list[StatusItem], BeforeValidator(
 
 
 # -- method ------------------------------------------------------------------------------------
-def _method(v: Any) -> Any:
-    if isinstance(v, str):
-        if not re.fullmatch(r"[A-Za-z]+", v.strip()):
-            raise ValueError(f"expected an HTTP method such as GET, found {v!r}")
-        return v.strip().upper()
-    return v
+def _method(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[A-Za-z]+", v.strip()):
+        raise ValueError(f"expected an HTTP method such as GET, found {_found(v)}")
+    return v.strip().upper()
+
+
+def _found(v: Any) -> str:
+    """A wrong value as the loader shows it: 42, true, 'text', a mapping."""
+    if isinstance(v, (dict, list)):
+        return "a mapping" if isinstance(v, dict) else "a list"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)
 
 
 _MethodInput = Annotated[str, Field(pattern=r"^[A-Za-z]+$")]
@@ -136,8 +143,10 @@ class HeaderMatch(Strict):
 def _header_shorthand(v: Any) -> Any:
     if isinstance(v, bool):
         return {"present": v}
-    if isinstance(v, (str, int, float)):
-        return {"equals": str(v)}
+    if isinstance(v, str):
+        return {"equals": v}
+    if isinstance(v, (int, float)):  # header values are text: "5", as schema.json says
+        raise ValueError(f"expected true, false, a string or {{present|equals|regex}}, found {v!r}")
     return v
 
 
@@ -275,8 +284,7 @@ class TestCase(Strict):
 def _scalar(v: Any) -> Any:
     if isinstance(v, (str, int, float, bool)):
         return v
-    shown = "a mapping" if isinstance(v, dict) else "a list" if isinstance(v, list) else repr(v)
-    raise ValueError(f"expected a string, number or true/false, found {shown}")
+    raise ValueError(f"expected a string, number or true/false, found {_found(v)}")
 
 
 Scalar = Annotated[Any, BeforeValidator(_scalar, json_schema_input_type=str | int | float | bool)]

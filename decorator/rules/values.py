@@ -15,6 +15,20 @@ from typing import Any
 from decorator.units import duration_seconds
 
 
+# A `${NAME}` or `${NAME:-default}` reference as the loader reads it (a `$` right before `${` makes
+# `$${` the escape for a literal `${`). VARIABLE_PATTERN is the JSON-schema pattern of a string
+# holding at least one: schema.json lets one stand in for any value.
+VARIABLE_REF = r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}"
+VARIABLE_PATTERN = r"(^|[^$])" + VARIABLE_REF
+
+
+class VarText(str):
+    """Text that `${...}` substitution produced. Validation converts it to the field's type (a
+    variable can only hold text), where a string written in the file must already be of that type."""
+
+    __slots__ = ()
+
+
 def parse_seconds(value: Any) -> float:
     """'60s', '500ms', '2m', '1h', 15 -> seconds; ValueError with what was expected otherwise."""
     if isinstance(value, bool):
