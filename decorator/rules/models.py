@@ -174,14 +174,15 @@ class Match(Strict):
         "Response headers, as for `headers`. Makes the rule run on the response."))
     when: JMESPath | None = Field(None, description=(
         "JMESPath expression over the exchange view {request: {method, path, query, headers, client}, "
-        "response: {status, headers}, timing: {duration_ms, upstream_ms}, route, error}; the rule "
-        "applies when it is truthy."))
+        "response: {status, headers}, timing: {duration_ms, upstream_ms}, route, error, "
+        "replied_by (sidecar|app)}; the rule applies when it is truthy."))
 
     def needs_response(self) -> bool:
         if self.status is not None or self.response_headers is not None:
             return True
         if self.when is not None:
-            return bool(root_fields(jmespath.compile(self.when).parsed) & {"response", "timing", "error"})
+            read = root_fields(jmespath.compile(self.when).parsed)
+            return bool(read & {"response", "timing", "error", "replied_by"})
         return False
 
 

@@ -298,3 +298,13 @@ def test_interest_by_first_segment(tmp_path):
                      "  - {name: g, match: {path: /old/**}, respond: {status: 410}}\n")
     hooks, _ = hooks_for(str(param))
     assert hooks.request_interest is None  # a route template starting with a parameter names any path
+
+
+def test_a_when_reading_replied_by_runs_on_the_response(tmp_path):
+    """`replied_by` is only known once there is a response: a rule whose `when` reads it must not
+    run in the request phase (where it is always null)."""
+    f = tmp_path / "r.yaml"
+    f.write_text("rules:\n  - name: only-app\n    match: {when: \"replied_by == 'app'\"}\n"
+                 "    respond: {status: 503, body: replaced}\n")
+    hooks, _ = hooks_for(str(f))
+    assert set(hooks.phases["only-app"]) == {"response"}
