@@ -41,7 +41,8 @@ _spec.loader.exec_module(_buildinfo)
 
 
 class BuildExt(build_ext):
-    """Cythonizes and compiles each module on its own, so one failure leaves only that module pure."""
+    """Cythonizes and compiles each module on its own. One that fails stays pure Python, and then so do the
+    others at run time (decorator/build.py): they share cdef types, so it is all or none."""
 
     def run(self) -> None:
         # Records describe the extensions in build_lib (inplace builds compile there, then copy).

@@ -45,6 +45,7 @@ def forced_pure() -> bool:
 
 _manifest_cache: dict[str, dict] | None = None
 _decisions: dict[str, Module] = {}  # what the import hook did, for modules already imported
+_warned = False
 
 
 def _records() -> dict[str, dict]:
@@ -68,6 +69,35 @@ def _has_extension(name: str) -> bool:
     return any(base.with_name(base.name + suffix).exists() for suffix in EXTENSION_SUFFIXES)
 
 
+_UNSET = object()
+_stale: object = _UNSET  # why the whole build is stale (a str), or None; worked out once
+
+
+def _build_stale() -> str | None:
+    """Why no compiled module may load: one of them (or its .pxd) changed since the build.
+
+    All or none: the compiled modules share their cdef types (the tunnel, telemetry and the rules
+    cimport `hooks.Exchange`), so a compiled module next to a pure copy of one it cimports does not
+    even import. One changed source therefore sends every module back to its `.py`.
+    """
+    global _stale
+    if _stale is _UNSET:
+        records = _records()
+        failed = sorted(name for name, rec in records.items() if not rec.get("compiled"))
+        changed = sorted(_source(name).name for name, rec in records.items()
+                         if rec.get("compiled") and _source(name).exists()
+                         and rec.get("sha256") != source_hash(_source(name)))
+        if failed:
+            _stale = (f"not built: the build could not compile {', '.join(failed)} (the compiled modules "
+                      f"share types, so all run from source)")
+        elif changed:
+            _stale = (f"stale: {', '.join(changed)} changed since the build (the compiled modules share "
+                      f"types, so all run from source); `make` rebuilds it")
+        else:
+            _stale = None
+    return _stale  # type: ignore[return-value]
+
+
 def _decide(name: str, py: Path) -> Module:
     """For a module that has a compiled extension beside its `.py`: may that extension be loaded?"""
     if forced_pure():
@@ -77,8 +107,9 @@ def _decide(name: str, py: Path) -> Module:
         return Module(name, False, "stale: its compiled module has no build record; `make` rebuilds it")
     if not record.get("compiled"):
         return Module(name, False, "stale: the last build could not compile it; `make` rebuilds it")
-    if record.get("sha256") != source_hash(py):
-        return Module(name, False, f"stale: {py.name} changed since the build; `make` rebuilds it")
+    stale = _build_stale()  # all or none (see there)
+    if stale is not None:
+        return Module(name, False, stale)
     return Module(name, True, "compiled")
 
 
@@ -101,7 +132,9 @@ class _Finder:
         _decisions[fullname] = module
         if module.compiled:
             return spec
-        if module.why.startswith("stale"):
+        global _warned
+        if module.why.startswith("stale") and not _warned:
+            _warned = True  # one warning: the reason is the same for every module
             warnings.warn(f"decorator: {fullname} runs from {py} as pure Python, not compiled: "
                           f"{module.why.removeprefix('stale: ')}", StaleBuildWarning, stacklevel=2)
         return spec_from_file_location(fullname, py)

@@ -170,3 +170,31 @@ def test_status_on_the_admin_port_reports_the_build(pure: str, tmp_path: Path):
     if pure:
         assert build["mode"] == "pure Python"
         assert set(build["modules"].values()) <= {"forced (DECORATOR_PURE_PYTHON=1)"}, build
+
+
+@needs_compiler
+def test_one_changed_module_sends_every_compiled_module_back_to_source(tmp_path: Path):
+    """The compiled modules share cdef types (telemetry's aggregator cimports hooks.Exchange): a
+    compiled aggregator beside a pure hooks module would not import. All or none, with one warning."""
+    tree = _copy_source(tmp_path / "tree")
+    setup = (tree / "setup.py").read_text().replace(
+        f"COMPILED_MODULES = [{MODULE!r}]",
+        "COMPILED_MODULES = ['decorator/proxy/hooks.py', 'decorator/telemetry/aggregate.py']")
+    (tree / "setup.py").write_text(setup)
+    r = _build_in_place(tree)
+    assert r.returncode == 0, r.stderr
+    probe = ("import warnings; warnings.simplefilter('always')\n"
+             "import decorator.telemetry.aggregate as a, decorator.proxy.hooks as h\n"
+             "from decorator import build\nprint(a.__file__, h.__file__, build.mode())")
+    run = lambda: subprocess.run([sys.executable, "-c", probe], cwd=tree, env=_env(),  # noqa: E731
+                                 capture_output=True, text=True, timeout=60)
+    r = run()
+    assert r.returncode == 0 and r.stdout.split()[-1] == "compiled", r.stderr
+    with open(tree / "decorator/proxy/hooks.py", "a") as f:
+        f.write("\nEDITED = True\n")
+    r = run()
+    assert r.returncode == 0, r.stderr  # the aggregator still imports: it runs from its .py too
+    agg, hooks, *mode = r.stdout.split()
+    assert agg.endswith("aggregate.py") and hooks.endswith("hooks.py") and " ".join(mode) == "pure Python"
+    warned = [ln for ln in r.stderr.splitlines() if "StaleBuildWarning" in ln]
+    assert len(warned) == 1 and "hooks.py changed since the build" in warned[0], r.stderr

@@ -1,4 +1,5 @@
 # Types for the compiled build of driver.py (Cython pure-Python mode; the .py stays the source).
+cdef object _call(object fn, object interest, object key, object ex, object on_error)
 cpdef object request_phase(object hooks, object ex, object on_error)
 cpdef object response_phase(object hooks, object ex, object on_error)
 cpdef bint response_wanted(object hooks, object ex)

@@ -22,38 +22,31 @@ OnError = Callable[[Any, Exchange], None]
 _NOT_FROM_HOOKS = HOP_BY_HOP | {b"content-length"}
 
 
-def request_phase(hooks: Hooks, ex: Exchange, on_error: OnError) -> Any:
-    """Run on_request if it wants this exchange: a Reply, None, or an awaitable of either."""
-    fn = hooks.on_request
+def _call(fn: Any, interest: Any, key: Any, ex: Exchange, on_error: OnError) -> Any:
+    """Call hook `fn` for ex if its interest wants (key, path); a raising hook is reported, None."""
     if fn is None:
         return None
-    interest = hooks.request_interest
-    if interest is not None and not interest.wants(ex.method, ex.path):
+    if interest is not None and not interest.wants(key, ex.path):
         return None
     try:
         return fn(ex)
     except Exception:
         on_error(fn, ex)
         return None
+
+
+def request_phase(hooks: Hooks, ex: Exchange, on_error: OnError) -> Any:
+    """Run on_request if it wants this exchange: a Reply, None, or an awaitable of either."""
+    return _call(hooks.on_request, hooks.request_interest, ex.method, ex, on_error)
 
 
 def response_phase(hooks: Hooks | None, ex: Exchange, on_error: OnError) -> Reply | None:
-    """Run on_response_head for the head in ex (status, response_headers) if it wants it.
-    Returns the Reply that replaces the response, or None; `hooks_saw_response(ex)` tells whether
-    the headers went through a hook (and need cleaning)."""
+    """Run on_response_head for the head in ex (status, response_headers) if it wants it: the Reply
+    that replaces the response, or None. `response_wanted(hooks, ex)` says beforehand whether a hook
+    will see (and may edit) the headers."""
     if hooks is None:
         return None
-    fn = hooks.on_response_head
-    if fn is None:
-        return None
-    interest = hooks.response_interest
-    if interest is not None and not interest.wants(ex.status, ex.path):
-        return None
-    try:
-        return fn(ex)
-    except Exception:
-        on_error(fn, ex)
-        return None
+    return _call(hooks.on_response_head, hooks.response_interest, ex.status, ex, on_error)
 
 
 def response_wanted(hooks: Hooks | None, ex: Exchange) -> bool:

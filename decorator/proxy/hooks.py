@@ -248,8 +248,13 @@ class ChainedHooks(Hooks):
             self.on_complete = self._on_complete
 
     def _on_request(self, ex: Exchange) -> Any:
+        return self._request_from(0, ex)
+
+    def _request_from(self, start: int, ex: Exchange) -> Any:
+        """The request hooks from part `start` on, until one replies; an awaitable when one waits."""
         parts = self._req
-        for n, (fn, interest) in enumerate(parts):
+        for n in range(start, len(parts)):
+            fn, interest = parts[n]
             if interest is not None and not interest.wants(ex.method, ex.path):
                 continue
             try:
@@ -270,21 +275,11 @@ class ChainedHooks(Hooks):
         except Exception:
             self.on_error(fn, ex)
             r = None
-        if r is not None:
-            return r
-        for fn2, interest in self._req[start:]:
-            if interest is not None and not interest.wants(ex.method, ex.path):
-                continue
-            try:
-                r = fn2(ex)
-                if r is not None and type(r) is not Reply:
-                    r = await r
-            except Exception:
-                self.on_error(fn2, ex)
-                continue
-            if r is not None:
-                return r
-        return None
+        if r is None:
+            r = self._request_from(start, ex)
+            if r is not None and type(r) is not Reply:
+                r = await r  # a later part waits too (its own wait runs the parts after it)
+        return r
 
     def _on_response_head(self, ex: Exchange) -> Reply | None:
         for fn, interest in self._resp:

@@ -331,3 +331,26 @@ async def test_on_request_may_wait_without_blocking_other_connections(upstream, 
     assert seen["/slow"].header("x-checked") == "yes" and seen["/slow"].body == b"hello"
     w1.close()
     w2.close()
+
+
+async def test_a_chain_of_waiting_request_hooks_runs_in_order_until_one_replies(upstream, make_proxy):
+    seen: list[str] = []
+
+    class Waits(Hooks):
+        def __init__(self, name: str, reply: bool) -> None:
+            self.name, self.reply = name, reply
+
+        def on_request(self, ex):
+            return self.later(ex)
+
+        async def later(self, ex):
+            await asyncio.sleep(0.01)
+            seen.append(self.name)
+            return Reply(401, body=b"no\n") if self.reply and ex.path == "/guarded" else None
+
+    px = await make_proxy(upstream.port, hooks=chain(Waits("a", False), Waits("b", True), Waits("c", False)))
+    denied = await asyncio.wait_for(roundtrip(px.port, b"GET /guarded HTTP/1.1\r\nHost: a\r\n\r\n"), 5)
+    assert denied.status == 401 and seen == ["a", "b"]      # c never ran: b answered
+    seen.clear()
+    ok = await asyncio.wait_for(roundtrip(px.port, b"GET /open HTTP/1.1\r\nHost: a\r\n\r\n"), 5)
+    assert ok.status == 200 and seen == ["a", "b", "c"] and [s.target for s in upstream.requests] == ["/open"]
