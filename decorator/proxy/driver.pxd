@@ -2,6 +2,5 @@
 cdef object _call(object fn, object interest, object key, object ex, object on_error)
 cpdef object request_phase(object hooks, object ex, object on_error)
 cpdef object response_phase(object hooks, object ex, object on_error)
-cpdef bint response_wanted(object hooks, object ex)
 cpdef complete_phase(object hooks, object ex, object on_error)
 cpdef list clean_headers(object headers)

@@ -22,12 +22,18 @@ OnError = Callable[[Any, Exchange], None]
 _NOT_FROM_HOOKS = HOP_BY_HOP | {b"content-length"}
 
 
+# What a phase returns when no hook was called for the exchange (none set, or its Interest does not
+# want it): the caller then knows the headers were not handed to a hook and need no cleaning.
+NOT_CALLED = object()
+
+
 def _call(fn: Any, interest: Any, key: Any, ex: Exchange, on_error: OnError) -> Any:
-    """Call hook `fn` for ex if its interest wants (key, path); a raising hook is reported, None."""
+    """Call hook `fn` for ex if its interest wants (key, path): what it returned, None if it raised
+    (reported), NOT_CALLED if it was not called."""
     if fn is None:
-        return None
+        return NOT_CALLED
     if interest is not None and not interest.wants(key, ex.path):
-        return None
+        return NOT_CALLED
     try:
         return fn(ex)
     except Exception:
@@ -36,25 +42,16 @@ def _call(fn: Any, interest: Any, key: Any, ex: Exchange, on_error: OnError) -> 
 
 
 def request_phase(hooks: Hooks, ex: Exchange, on_error: OnError) -> Any:
-    """Run on_request if it wants this exchange: a Reply, None, or an awaitable of either."""
+    """Run on_request if it wants this exchange: a Reply, None, an awaitable of either, or NOT_CALLED."""
     return _call(hooks.on_request, hooks.request_interest, ex.method, ex, on_error)
 
 
-def response_phase(hooks: Hooks | None, ex: Exchange, on_error: OnError) -> Reply | None:
+def response_phase(hooks: Hooks | None, ex: Exchange, on_error: OnError) -> Any:
     """Run on_response_head for the head in ex (status, response_headers) if it wants it: the Reply
-    that replaces the response, or None. `response_wanted(hooks, ex)` says beforehand whether a hook
-    will see (and may edit) the headers."""
+    that replaces the response, None (the hook saw, and may have edited, the headers), or NOT_CALLED."""
     if hooks is None:
-        return None
+        return NOT_CALLED
     return _call(hooks.on_response_head, hooks.response_interest, ex.status, ex, on_error)
-
-
-def response_wanted(hooks: Hooks | None, ex: Exchange) -> bool:
-    """Whether response_phase would call a hook for ex (the tunnel cleans headers only then)."""
-    if hooks is None or hooks.on_response_head is None:
-        return False
-    interest = hooks.response_interest
-    return interest is None or interest.wants(ex.status, ex.path)
 
 
 def complete_phase(hooks: Hooks | None, ex: Exchange, on_error: OnError) -> None:
@@ -118,19 +115,22 @@ def simulate(hooks: Hooks | None, ex: Exchange, app: App, on_error: OnError = _n
     seen_by_app: Headers | None = None
     if hooks is not None and hooks.on_request is not None:
         r = request_phase(hooks, ex, on_error)
-        if r is not None and type(r) is not Reply:
+        if r is not None and r is not NOT_CALLED and type(r) is not Reply:
             r = asyncio.run(_resolve(r))
-        reply = r
-        if reply is None:
+        if type(r) is Reply:
+            reply = r
+        else:
+            # Unlike the tunnel's, these headers never went through check_request: always cleaned.
             ex.request_headers = clean_headers(ex.request_headers)
     if reply is None:
         seen_by_app = list(ex.request_headers)
         ex.status, ex.response_headers, body = app(ex)
         ex.t_response = ex.t_start
-        if response_wanted(hooks, ex):
-            reply = response_phase(hooks, ex, on_error)
-            if reply is None:
-                ex.response_headers = clean_headers(ex.response_headers)
+        r = response_phase(hooks, ex, on_error)
+        if r is None:
+            ex.response_headers = clean_headers(ex.response_headers)
+        elif r is not NOT_CALLED:
+            reply = r
     if reply is not None:
         ex.replaced = True
         ex.status = reply.status

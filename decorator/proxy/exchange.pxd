@@ -3,7 +3,7 @@ cimport cython
 from decorator.proxy.hooks cimport Exchange
 from decorator.proxy.http cimport RequestFraming, ResponseFraming
 from decorator.proxy.upstream cimport UpstreamConnection, UpstreamPool
-from decorator.proxy.driver cimport clean_headers, complete_phase, request_phase, response_phase, response_wanted
+from decorator.proxy.driver cimport clean_headers, complete_phase, request_phase, response_phase
 from decorator.proxy.http cimport check_response, chunk, serialize_headers, status_line
 
 cdef class Flow

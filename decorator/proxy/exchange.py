@@ -18,11 +18,11 @@ from typing import Any
 from decorator.errors import UpstreamError
 from decorator.proxy import replies
 from decorator.proxy.driver import (
+    NOT_CALLED,
     clean_headers,
     complete_phase,
     request_phase,
     response_phase,
-    response_wanted,
 )
 from decorator.proxy.http import (
     LAST_CHUNK,
@@ -266,14 +266,14 @@ class Flow(Exchange):
         self.hooks = hooks
         if hooks is not None and hooks.on_request is not None:
             r = request_phase(hooks, self, self.server.hook_failed)
-            if r is not None:
+            if r is None:
+                self._clean_request_headers()  # a hook had the headers
+            elif r is not NOT_CALLED:
                 if type(r) is Reply:
                     self.send_reply(r)
                     return
                 asyncio.ensure_future(self._await_request_hooks(r))
                 return
-            if hooks.request_interest is None or hooks.request_interest.wants(self.method, self.path):
-                self._clean_request_headers()
         self._forward()
 
     async def _await_request_hooks(self, pending: Any) -> None:
@@ -464,16 +464,17 @@ class Flow(Exchange):
         if self.bmethod == b"HEAD":
             up.head_done_for_head_request()  # type: ignore[union-attr]
         hooks = self.hooks
-        if hooks is not None and response_wanted(hooks, self):
+        if hooks is not None:
             reply = response_phase(hooks, self, self.server.hook_failed)
-            if reply is not None:
+            if reply is None:
+                self._clean_response_headers(rf)  # a hook had the headers
+            elif reply is not NOT_CALLED:
                 self._up(UP_DISCARD)
                 self.send_reply(reply)
                 if head_only:  # no app body will follow: the exchange ends with the reply
                     self._release_upstream(rf.keep_alive and self.req_state == REQ_DONE)
                     self._maybe_finish()
                 return
-            self._clean_response_headers(rf)
         self._write_response_head(rf)
         if head_only:
             self._release_upstream(rf.keep_alive and self.req_state == REQ_DONE)
@@ -734,10 +735,9 @@ class Flow(Exchange):
             # Rules may replace the sidecar's own 502/504 as they would the app's (a friendly 5xx page).
             self.status = status
             self.response_headers = reply.headers
-            if response_wanted(hooks, self):
-                custom = response_phase(hooks, self, self.server.hook_failed)
-                if custom is not None:
-                    reply = custom
+            custom = response_phase(hooks, self, self.server.hook_failed)
+            if custom is not None and custom is not NOT_CALLED:
+                reply = custom
         self.send_reply(reply)
 
     # ---- the end
