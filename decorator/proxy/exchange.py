@@ -464,7 +464,7 @@ class Flow(Exchange):
         if self.bmethod == b"HEAD":
             up.head_done_for_head_request()  # type: ignore[union-attr]
         hooks = self.hooks
-        if hooks is not None:
+        if hooks is not None and hooks.on_response_head is not None:  # most exchanges: no call at all
             reply = response_phase(hooks, self, self.server.hook_failed)
             if reply is None:
                 self._clean_response_headers(rf)  # a hook had the headers
