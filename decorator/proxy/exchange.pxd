@@ -10,7 +10,7 @@ cdef class Flow
 cdef class Downstream
 
 cdef class Host:
-    cdef public object active_hooks, limits
+    cdef public object active_hooks, limits, on_hook_error
     cdef public UpstreamPool pool
     cdef public dict stats
     cdef public bint draining, access_log

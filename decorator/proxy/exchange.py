@@ -122,6 +122,8 @@ class Host:
         self.stats: dict[str, int] = {}
         self.draining = False
         self.access_log = False
+        # hook_failed bound once: the phases take it on every exchange (a bound method each time otherwise).
+        self.on_hook_error = self.hook_failed
 
     def hook_failed(self, fn: Any, ex: Exchange) -> None:
         raise NotImplementedError
@@ -265,7 +267,7 @@ class Flow(Exchange):
         hooks = self.server.active_hooks
         self.hooks = hooks
         if hooks is not None and hooks.on_request is not None:
-            r = request_phase(hooks, self, self.server.hook_failed)
+            r = request_phase(hooks, self, self.server.on_hook_error)
             if r is None:
                 self._clean_request_headers()  # a hook had the headers
             elif r is not NOT_CALLED:
@@ -465,7 +467,7 @@ class Flow(Exchange):
             up.head_done_for_head_request()  # type: ignore[union-attr]
         hooks = self.hooks
         if hooks is not None and hooks.on_response_head is not None:  # most exchanges: no call at all
-            reply = response_phase(hooks, self, self.server.hook_failed)
+            reply = response_phase(hooks, self, self.server.on_hook_error)
             if reply is None:
                 self._clean_response_headers(rf)  # a hook had the headers
             elif reply is not NOT_CALLED:
@@ -735,7 +737,7 @@ class Flow(Exchange):
             # Rules may replace the sidecar's own 502/504 as they would the app's (a friendly 5xx page).
             self.status = status
             self.response_headers = reply.headers
-            custom = response_phase(hooks, self, self.server.hook_failed)
+            custom = response_phase(hooks, self, self.server.on_hook_error)
             if custom is not None and custom is not NOT_CALLED:
                 reply = custom
         self.send_reply(reply)
@@ -766,7 +768,7 @@ class Flow(Exchange):
             conn.flush()
         hooks = self.hooks
         if hooks is not None and hooks.on_complete is not None:
-            complete_phase(hooks, self, srv.hook_failed)
+            complete_phase(hooks, self, srv.on_hook_error)
         if srv.access_log:
             srv.log_access(self, now)
         conn.exchange_finished(self)
