@@ -14,11 +14,22 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """A port nothing listens on right now (for child processes that need a number up front)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on right now (for child processes that need a number up front).
+
+    Never the same number twice in one run: with many sockets in TIME_WAIT (other suites on the
+    machine) the kernel can hand out one port to two bind(0) calls in a row, and a test that asks for
+    a proxy port and an admin port would then get one port for both."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 15.0) -> None:

@@ -4,7 +4,7 @@ from decorator.proxy.hooks cimport Exchange
 from decorator.proxy.http cimport RequestFraming, ResponseFraming
 from decorator.proxy.upstream cimport UpstreamConnection, UpstreamPool
 from decorator.proxy.driver cimport clean_headers, complete_phase, request_phase, response_phase
-from decorator.proxy.http cimport check_response, chunk, serialize_headers, status_line
+from decorator.proxy.http cimport add_headers, check_response, chunk, status_line
 
 cdef class Flow
 cdef class Downstream
@@ -47,6 +47,8 @@ cdef class Flow(Exchange):
     cdef public int req_state, up_state, resp_state
     cdef public double t_sent, t_last_up
     cdef public bint out_chunked, close_after, retried, finished
+    cpdef _open(self, Downstream conn, bytes method, bytes url, str version, RequestFraming framing,
+                str request_id)
     cpdef _req(self, int new)
     cpdef _up(self, int new)
     cpdef _resp(self, int new)
@@ -61,13 +63,13 @@ cdef class Flow(Exchange):
     cpdef _attach(self, UpstreamConnection up)
     @cython.locals(up=UpstreamConnection, pool=UpstreamPool)
     cpdef _release_upstream(self, bint reusable)
-    @cython.locals(conn=Downstream, status=int, no_body=bint, client11=bint)
+    @cython.locals(conn=Downstream, status=int, no_body=bint, client11=bint, parts=list)
     cpdef _write_response_head(self, ResponseFraming rf)
     @cython.locals(out=list)
     cpdef up_body(self, bytes data)
     @cython.locals(rf=ResponseFraming, up=UpstreamConnection)
     cpdef up_complete(self)
-    @cython.locals(rf=ResponseFraming, up=UpstreamConnection, head_only=bint)
+    @cython.locals(rf=ResponseFraming, up=UpstreamConnection, head_only=bint, parts=list)
     cpdef up_headers(self, int status, bint keep_alive, list headers, list hop, long long content_length)
     cpdef up_flush(self)
     cpdef _maybe_finish(self)

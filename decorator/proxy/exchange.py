@@ -29,9 +29,9 @@ from decorator.proxy.http import (
     FramingError,
     RequestFraming,
     ResponseFraming,
+    add_headers,
     check_response,
     chunk,
-    serialize_headers,
     status_line,
 )
 from decorator.proxy.hooks import Exchange, Hooks, Reply
@@ -209,6 +209,11 @@ class Flow(Exchange):
 
     def __init__(self, conn: Downstream, method: bytes, url: bytes, version: str,
                  framing: RequestFraming | None, request_id: str) -> None:
+        self._open(conn, method, url, version, framing, request_id)
+
+    def _open(self, conn: Downstream, method: bytes, url: bytes, version: str,
+              framing: RequestFraming | None, request_id: str) -> None:
+        # __init__'s body: exchange.pxd types its arguments, which it cannot do for __init__.
         self._begin(method.decode("latin-1"), url.decode("latin-1"), version,
                     framing.headers if framing is not None else [], conn.client, "http", request_id)
         self.conn = conn
@@ -371,7 +376,9 @@ class Flow(Exchange):
             xff = b""
         else:
             xff = self.conn.xff_line
-        parts = [self.bmethod, b" ", self.burl, b" HTTP/1.1\r\n", serialize_headers(headers), xff]
+        parts = [self.bmethod, b" ", self.burl, b" HTTP/1.1\r\n"]
+        add_headers(parts, headers)
+        parts.append(xff)
         if not framing.has_xfp:
             parts.append(b"X-Forwarded-Proto: http\r\n")
         if framing.request_id is None:
@@ -451,7 +458,10 @@ class Flow(Exchange):
         if status < 200 and status != 101:
             # Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they are.
             if self.version == "1.1" and self.up_state == UP_WAITING:
-                self.conn.out.append(status_line(status) + serialize_headers(headers) + b"\r\n")
+                parts = [status_line(status)]
+                add_headers(parts, headers)
+                parts.append(b"\r\n")
+                self.conn.out.append(b"".join(parts))
             return
         try:
             rf = check_response(keep_alive, status, headers, hop, content_length)
@@ -496,7 +506,8 @@ class Flow(Exchange):
     def _write_response_head(self, rf: ResponseFraming) -> None:
         status = self.status
         conn = self.conn
-        parts = [status_line(status), serialize_headers(self.response_headers)]
+        parts = [status_line(status)]
+        add_headers(parts, self.response_headers)
         no_body = self.bmethod == b"HEAD" or status == 204 or status == 304 or status == 101
         client11 = self.version == "1.1"
         if status == 101:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from email.utils import formatdate
 
-from decorator.proxy.http import REASONS, serialize_headers, status_line
+from decorator.proxy.http import REASONS, add_headers, status_line
 
 # What a client is told, by status; the specific cause is logged with the request id.
 MESSAGES: dict[int, str] = {
@@ -47,7 +47,8 @@ def reply_head(status: int, reason: bytes | None, headers: list[tuple[bytes, byt
                close: bool, keep_alive_10: bool) -> bytes:
     """The head of a reply the sidecar frames itself: `length` < 0 means no body is allowed
     (1xx, 204, 304), `keep_alive_10` adds the Connection: keep-alive an HTTP/1.0 client needs."""
-    parts = [status_line(status, reason), date_line(), serialize_headers(headers)]
+    parts = [status_line(status, reason), date_line()]
+    add_headers(parts, headers)
     if length >= 0:
         parts.append(b"Content-Length: %d\r\n" % length)
     if close:

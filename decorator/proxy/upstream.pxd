@@ -1,4 +1,6 @@
 # Types for the compiled build of upstream.py (Cython pure-Python mode; the .py stays the source).
+cimport cython
+
 cdef class UpstreamConnection:
     cdef public object pool, transport, parser, owner, tunnel_to
     cdef public bint closed, reused, paused
@@ -8,6 +10,8 @@ cdef class UpstreamConnection:
     cdef long long _cl
     cdef bint _in_head, _mid, _skip_body, _answered, _ended
 
+    @cython.locals(low=bytes)
+    cpdef on_header(self, bytes name, bytes value)
     cpdef send(self, bytes data, bint head_request)
     cpdef write(self, bytes data)
     cpdef pause_reading(self)

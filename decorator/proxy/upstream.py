@@ -18,8 +18,10 @@ import httptools
 from decorator.errors import UpstreamError
 from decorator.proxy.http import HOP_BY_HOP
 
-_SPECIAL_LENGTHS = frozenset(len(n) for n in HOP_BY_HOP | {b"content-length"})
-_OWS_BYTES = (32, 9)
+# on_header lower()s only names of these lengths (hop-by-hop names and content-length). It spells
+# them as a literal, which the compiled build tests as C integers; this keeps the literal honest.
+if frozenset(len(n) for n in HOP_BY_HOP | {b"content-length"}) != {2, 7, 10, 14, 16, 17}:
+    raise ImportError("upstream.on_header's name lengths no longer match HOP_BY_HOP")
 # Linux only: acknowledge at once. Set after a read that left a response unfinished, so an app
 # whose Nagle algorithm holds its second send until our ACK is not stalled by our delayed ACK.
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
@@ -134,9 +136,9 @@ class UpstreamConnection:
     # ---- httptools callbacks: record, then hand over
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
-            if value and value[-1] in _OWS_BYTES:  # llhttp keeps trailing whitespace
+            if value and (value[-1] == 32 or value[-1] == 9):  # llhttp keeps trailing whitespace
                 value = value.rstrip(b" \t")
-            if len(name) in _SPECIAL_LENGTHS:  # lower() only names that may be hop-by-hop or framing
+            if len(name) in (2, 7, 10, 14, 16, 17):  # lower() only names that may be hop-by-hop or framing
                 low = name.lower()
                 if low in HOP_BY_HOP:
                     self._hop.append((low, value))
