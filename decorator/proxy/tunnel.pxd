@@ -5,6 +5,16 @@ from decorator.proxy.http cimport RequestFraming
 from decorator.proxy.upstream cimport UpstreamConnection
 from decorator.proxy.http cimport check_request
 
+cdef class RequestIds:
+    cdef public str prefix, block
+    cdef public unsigned long long n
+    cdef tuple low_hex
+    cpdef reseed(self)
+    cpdef str next(self)
+
+cdef RequestIds _ids
+cpdef str new_request_id()
+
 cdef class ProxyServer(Host):
     cdef public object target, connections, _server, _ticker, idle
     cdef public int port
