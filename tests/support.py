@@ -20,12 +20,12 @@ _GIVEN: set[int] = set()
 def free_port() -> int:
     """A port nothing listens on right now (for child processes that need a number up front).
 
-    Never the same number twice in one run: with many sockets in TIME_WAIT (other suites on the
-    machine) the kernel can hand out one port to two bind(0) calls in a row, and a test that asks for
-    a proxy port and an admin port would then get one port for both."""
+    Picked on the wildcard address, as the sidecar binds its ports: a port picked on 127.0.0.1 may
+    still have TIME_WAIT connections there (a busy machine), which then refuse a bind on 0.0.0.0.
+    Never the same number twice in one run, for the same reason: a test asks for two at once."""
     while True:
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            s.bind(("0.0.0.0", 0))
             port = s.getsockname()[1]
         if port not in _GIVEN:
             _GIVEN.add(port)
