@@ -11,6 +11,10 @@ cdef class ResponseFraming:
     cdef public long long content_length
     cdef public object headers
 
+cdef dict _REQUEST_SPECIAL
+cdef frozenset _NO_TOKENS
+
+@cython.locals(name=bytes, value=bytes, f=RequestFraming, out=list)
 cpdef RequestFraming check_request(bytes method, str version, list raw_headers)
 cpdef ResponseFraming check_response(bint keep_alive, int status, list headers, list hop, long long content_length)
 cpdef add_headers(list parts, list headers)

@@ -35,6 +35,7 @@ _OWS = b" \t"
 
 
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+_NO_TOKENS: frozenset[bytes] = frozenset()
 
 
 class FramingError(Exception):
@@ -126,7 +127,7 @@ def check_request(method: bytes, version: str, raw_headers: list[tuple[bytes, by
         raise FramingError(405, "CONNECT is not supported by this reverse proxy")
     f = RequestFraming()
     http11 = version == "1.1"
-    conn_tokens: frozenset[bytes] = frozenset()
+    conn_tokens: frozenset[bytes] = _NO_TOKENS
     te_seen = 0
     out = f.headers
     for field in raw_headers:
@@ -221,7 +222,7 @@ def check_response(keep_alive: bool, status: int, headers: list[tuple[bytes, byt
     f.keep_alive = keep_alive
     if not hop:
         return f
-    conn_tokens: frozenset[bytes] = frozenset()
+    conn_tokens: frozenset[bytes] = _NO_TOKENS
     upgrade_value = None
     for low, value in hop:
         if low == b"connection":

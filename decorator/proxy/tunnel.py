@@ -371,10 +371,12 @@ class ClientConnection(Downstream):
         # State for the next head is reset here rather than in on_message_begin: one callback less.
         self._url = b""
         self._headers = _TRAILERS if framing.chunked else []
-        if not url.startswith(b"/"):
+        if not url or url[0] != 47:  # not origin-form ("/..."): a byte test, no method call
             url = _origin_form(url, method)
         rid = framing.request_id
-        flow = Flow(self, method, url, version, framing, rid.decode("latin-1") if rid else new_request_id())
+        # Flow.__new__ then the typed _open: the compiled build skips __init__'s argument parsing.
+        flow = Flow.__new__(Flow)
+        flow._open(self, method, url, version, framing, rid.decode("latin-1") if rid else new_request_id())
         self.parsing = flow
         self.queue.append(flow)
         if len(self.queue) > _PIPELINE_MAX:

@@ -9,7 +9,8 @@ cdef class _Series:
     cdef public double total
 
 cdef class Metrics:
-    cdef public object _registry, in_flight, in_flight_count
+    cdef public object _registry, in_flight_count
+    cdef public set in_flight
     cdef public bint _process, _registered
     cdef public Endpoints endpoints
     cdef public dict _series
