@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--response-header", action="append", default=[], metavar="K:V",
                    help="a response header (repeatable)")
 
-    sub.add_parser("schema", help="print the JSON Schema of the rules language (schema.json)")
+    s = sub.add_parser("schema", help="print the JSON Schema of the rules language (schema.json)")
+    s.add_argument("--pack", action="store_true", help="the schema of a pack's manifest instead "
+                   "(pack.schema.json)")
 
     d = sub.add_parser("dashboard", help="run the built-in dashboard receiver",
                        description="Receive telemetry and alerts from any number of sidecars and chart "
@@ -145,8 +147,8 @@ def _dispatch(args) -> int:
         return explain(args.rules, args.request, status=args.status, headers=args.header,
                        response_headers=args.response_header)
     if args.command == "schema":
-        from decorator.rules.schema import render
-        sys.stdout.write(render())
+        from decorator.rules.schema import render, render_pack
+        sys.stdout.write(render_pack() if args.pack else render())
         return 0
     if args.command == "dashboard":
         import os
