@@ -70,6 +70,15 @@ def load_with_packs(paths: Sequence[str] | str, env: Mapping[str, str] | None = 
                     loader.notes), loader.resolved)
 
 
+def read_manifest(pack_dir: str) -> PackManifest:
+    """A pack directory's pack.yaml, validated; RulesInvalid with located errors."""
+    loader = _Loader({})
+    got = loader._manifest(resolve.Candidate(os.path.basename(os.path.normpath(pack_dir)), pack_dir, "path"))
+    if loader.errors or got is None:
+        raise RulesInvalid(loader.sorted_errors())
+    return got[0]
+
+
 def pack_units(path: str) -> list[str]:
     """What one path stands for when packs are run one by one: a file, a directory with YAML of its
     own, or (for a directory of packs) each subdirectory holding YAML."""
