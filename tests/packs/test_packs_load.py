@@ -82,7 +82,7 @@ def test_param_errors_are_located_with_suggestions(tmp_path):
         f"{f}:5:14: frame: expected one of DENY, SAMEORIGIN, found 'SAMEORIGN' (did you mean 'SAMEORIGIN'?)",
         f"{f}:7:23: cooldown: expected a duration such as 500ms, 60s, 2m or 1h, found 'soon'",
         f"{f}:7:38: enabled: expected true or false, found 'maybe'",
-        f"{f}:9:28: retry_after: expected a whole number, found 1.5",
+        f"{f}:9:26: retry_after: expected a whole number, found 1.5",
     ]
 
 
