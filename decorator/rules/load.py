@@ -208,6 +208,9 @@ class _Loader:
         self.env = env
         self.use_lock = use_lock
         self.pack: str | None = None  # the pack whose files are being read: its rules are `pack/name`
+        # A pack included by name is tested by its author with its defaults; the includer's params
+        # would fail those cases, so they are not the includer's tests (`decorator test PACK` runs them).
+        self.collect_tests = True
         self.lock: tuple[LockFile, str] | None = None  # the root's packs.lock and its path
         self.resolved: dict[str, ResolvedPack] = {}
         self.manifests: dict[str, tuple[PackManifest, _Source] | None] = {}
@@ -594,7 +597,11 @@ class _Loader:
                                            sha, c.dir, files)
         given = {k: (v, src.loc(("include", i, "with", k)), src.loc(("include", i, "with", k), key=True))
                  for k, v in inc.with_.items()}
-        self._load_pack(c, got, given, {}, stack, at)
+        outer, self.collect_tests = self.collect_tests, False
+        try:
+            self._load_pack(c, got, given, {}, stack, at)
+        finally:
+            self.collect_tests = outer
 
     # -- one document -------------------------------------------------------------------------
     def _document(self, doc: Any, src: _Source, base_dir: str, ivars: dict, stack: tuple) -> None:
@@ -647,7 +654,7 @@ class _Loader:
         self._includes(model.include, src, base_dir, stack)
         for i, rule in enumerate(model.rules):
             self._rule(rule, i, src, base_dir)
-        for i, case in enumerate(model.tests):
+        for i, case in enumerate(model.tests if self.collect_tests else ()):
             if self.pack is not None:
                 case = self._qualified_case(case)
             ex = case.expect
