@@ -57,7 +57,7 @@ def show(name: str, beside: str | None = None) -> int:
     from decorator.rules.load import load_rules, read_manifest
 
     base = os.path.abspath(beside or ".")
-    cands = resolve.find(name, base, os.environ) if not os.path.isdir(name) else [
+    cands = list(resolve.find(name, base, os.environ)) if not os.path.isdir(name) else [
         resolve.Candidate(os.path.basename(os.path.normpath(name)), os.path.normpath(name), "path")]
     if not cands:
         raise UsageError(f"pack {name!r} not found (`decorator pack list` shows what there is)")

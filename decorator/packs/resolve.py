@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from decorator.packs.manifest import MANIFESTS
@@ -102,22 +102,21 @@ def entry_point_packs() -> list[tuple[str, str, str]]:
 
 
 def find(name: str, base_dir: str | None, env: Mapping[str, str],
-         vendored: Mapping[str, Candidate] | None = None) -> list[Candidate]:
-    """Every directory that could be pack `name`, in resolution order."""
-    out: list[Candidate] = []
+         vendored: Mapping[str, Candidate] | None = None) -> Iterator[Candidate]:
+    """Every directory that could be pack `name`, in resolution order, lazily: the installed
+    distributions are scanned only when no directory before them had a pack that fits."""
     if vendored and name in vendored:
-        out.append(vendored[name])
+        yield vendored[name]
     seen = set()
     for origin, d in search_dirs(base_dir, env):
         p = os.path.join(d, name)
         real = os.path.realpath(p)
         if real not in seen and manifest_in(p):
             seen.add(real)
-            out.append(Candidate(name, os.path.normpath(p), origin))
+            yield Candidate(name, os.path.normpath(p), origin)
     for ep_name, d, dist in entry_point_packs():
         if ep_name == name:
-            out.append(Candidate(name, d, f"entry point of {dist}"))
-    return out
+            yield Candidate(name, d, f"entry point of {dist}")
 
 
 def all_candidates(base_dir: str | None, env: Mapping[str, str]) -> list[Candidate]:

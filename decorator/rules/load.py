@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import os
 import re
 import typing
@@ -535,7 +536,8 @@ class _Loader:
         at = src.loc(("include", i, "pack"))
         vendored = self._vendored()
         cands = resolve.find(name, base_dir, self.env, vendored)
-        if not cands:
+        first = next(cands, None)
+        if first is None:
             known = sorted({c.name for c in resolve.all_candidates(base_dir, self.env)} | set(vendored))
             looked = ", ".join(f"{d} ({o})" for o, d in resolve.search_dirs(base_dir, self.env))
             self.add(at, f"pack {name!r} not found{suggest(name, known)}; looked in {looked} and the "
@@ -550,7 +552,7 @@ class _Loader:
         spec = parse_range(inc.version) if inc.version else None
         tried = []
         chosen = None
-        for c in cands:
+        for c in itertools.chain([first], cands):
             got = self._manifest(c)
             if got is None:
                 return  # a broken pack on the search path: its own errors say why
@@ -666,7 +668,9 @@ class _Loader:
 
     def _qualified_case(self, case: TestCase) -> TestCase:
         """A pack's own tests name its rules as written; the rule set knows them as `pack/name`."""
-        q = (lambda names: [n if "/" in n else f"{self.pack}/{n}" for n in names])
+        def q(names: list[str]) -> list[str]:
+            return [n if "/" in n else f"{self.pack}/{n}" for n in names]
+
         ex = case.expect
         update = {"fired": q(ex.fired), "not_fired": q(ex.not_fired)}
         if ex.notify is not None:

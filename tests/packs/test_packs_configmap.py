@@ -22,7 +22,7 @@ from tests.packs.helpers import ROOT, make_pack, run
 from tests.support import free_port, threaded_http_server
 
 sys.path.insert(0, str(ROOT / "tests" / "k8s"))
-from kubelet_volume import ConfigMapVolume, configmap_payload  # noqa: E402
+from kubelet_volume import ConfigMapVolume, configmap_payload
 
 K8S_VERSION = "1.30.0"
 # `decorator run`, with the admin port on loopback (it listens on 0.0.0.0, which some sandboxes refuse):
@@ -123,7 +123,7 @@ def test_a_pack_directory_or_a_bad_name_is_refused(svc):
 
 
 class App(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         status = int(self.path.rsplit("/", 1)[1]) if self.path.startswith("/status/") else 200
         body = f"app {status}".encode()
         self.send_response(status)
