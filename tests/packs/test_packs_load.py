@@ -344,7 +344,8 @@ def test_every_shipped_pack_has_a_manifest_whose_defaults_match_the_rules(tmp_pa
             var = param.var or pname
             inline = set(re.findall(r"\$\{" + var + r":-([^}]*)\}", text))
             assert inline, f"{p.name}: param {pname} sets ${{{var}}}, which its rules do not read"
-            shown = {True: "true", False: "false"}.get(param.default, str(param.default))
+            d = param.default
+            shown = ("true" if d else "false") if isinstance(d, bool) else str(d)
             assert inline == {shown}, (p.name, pname, inline, param.default)
 
 
