@@ -1,4 +1,4 @@
-"""`decorator run|validate|test|explain|schema|dashboard`: parses flags and env, nothing else.
+"""`decorator run|validate|test|explain|schema|pack|dashboard`: parses flags and env, nothing else.
 
 Each command hands over to the module that owns it; user errors print one line and exit 2
 (bad flags) or 1 (invalid rules). Imports the owning modules lazily so `--help` stays fast.
@@ -92,7 +92,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--response-header", action="append", default=[], metavar="K:V",
                    help="a response header (repeatable)")
 
-    sub.add_parser("schema", help="print the JSON Schema of the rules language (schema.json)")
+    s = sub.add_parser("schema", help="print the JSON Schema of the rules language (schema.json)")
+    s.add_argument("--pack", action="store_true", help="the schema of a pack's manifest instead "
+                   "(pack.schema.json)")
+
+    pk = sub.add_parser("pack", help="rule packs: new, list, show, lock, configmap",
+                        description="Rule packs: directories with a pack.yaml, included by name "
+                        "(`include: [{pack: NAME, version: ^1.2, with: {...}}]`). See docs/packs.md.")
+    psub = pk.add_subparsers(dest="pack_command", metavar="PACK_COMMAND", parser_class=_Parser, required=True)
+    pn = psub.add_parser("new", help="scaffold a pack that passes `decorator test` as generated")
+    pn.add_argument("name", metavar="NAME")
+    pn.add_argument("--dir", default=".", metavar="PARENT", help="create PARENT/NAME (default: here)")
+    pl = psub.add_parser("list", help="every pack on the search path, in resolution order")
+    pl.add_argument("--beside", metavar="DIR", help="resolve as a rules file in DIR would (default: here)")
+    ps = psub.add_parser("show", help="a pack's params (defaults, docs), rules, tests and source")
+    ps.add_argument("name", metavar="NAME", help="a pack name, or a pack directory")
+    ps.add_argument("--beside", metavar="DIR", help="resolve as a rules file in DIR would (default: here)")
+    pc = psub.add_parser("lock", help="write packs.lock: the packs the rules include, pinned by content")
+    pc.add_argument("paths", nargs="+", metavar="PATH")
+    pm = psub.add_parser("configmap", help="print a ConfigMap holding the rules and their packs (vendored)")
+    pm.add_argument("paths", nargs="+", metavar="PATH")
+    pm.add_argument("--name", required=True, help="the ConfigMap's name")
+    pm.add_argument("--namespace", help="the ConfigMap's namespace")
 
     d = sub.add_parser("dashboard", help="run the built-in dashboard receiver",
                        description="Receive telemetry and alerts from any number of sidecars and chart "
@@ -145,9 +166,20 @@ def _dispatch(args) -> int:
         return explain(args.rules, args.request, status=args.status, headers=args.header,
                        response_headers=args.response_header)
     if args.command == "schema":
-        from decorator.rules.schema import render
-        sys.stdout.write(render())
+        from decorator.rules.schema import render, render_pack
+        sys.stdout.write(render_pack() if args.pack else render())
         return 0
+    if args.command == "pack":
+        from decorator.packs import commands as pack
+        if args.pack_command == "new":
+            return pack.new(args.name, args.dir)
+        if args.pack_command == "list":
+            return pack.list_packs(args.beside)
+        if args.pack_command == "show":
+            return pack.show(args.name, args.beside)
+        if args.pack_command == "lock":
+            return pack.lock(args.paths)
+        return pack.configmap(args.paths, args.name, args.namespace)
     if args.command == "dashboard":
         import os
 

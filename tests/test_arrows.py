@@ -23,6 +23,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "decorator.telemetry": ("decorator.dashboard", "decorator.rules", "decorator.actions", "decorator.settings",
                             "decorator.wire.models", "pydantic"),
     "decorator.rules": ("decorator.settings",),
+    "decorator.packs": ("decorator.proxy", "decorator.telemetry", "decorator.settings", "decorator.dashboard"),
     "decorator.dashboard": ("decorator.proxy", "decorator.rules", "decorator.actions", "decorator.telemetry"),
     "decorator.wire": ("decorator.proxy", "decorator.rules", "decorator.actions", "decorator.telemetry",
                        "decorator.dashboard", "decorator.settings"),

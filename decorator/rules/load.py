@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import os
 import re
 import typing
@@ -22,8 +23,12 @@ from ruamel.yaml.comments import CommentedBase
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.scalarstring import LiteralScalarString
 
+from decorator import __version__
 from decorator.actions.registry import ACTIONS, RuleInfo
 from decorator.errors import Location, RuleError, RulesInvalid
+from decorator.packs import resolve
+from decorator.packs.lock import LockEntry, LockFile, index_keys
+from decorator.packs.manifest import MANIFESTS, PackManifest, check_value, parse_range, parse_version, suggest
 from decorator.rules.models import Include, Rule, RulesDocument, TestCase, _include_shorthand
 from decorator.rules.ruleset import LoadedRule, RuleSet
 from decorator.rules.values import VarText
@@ -47,14 +52,32 @@ def load_rules(paths: Sequence[str] | str, env: Mapping[str, str] | None = None)
     Raises RulesInvalid carrying every error found, across all files."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    loader = _Loader(os.environ if env is None else env)
+    return load_with_packs(paths, env)[0]
+
+
+def load_with_packs(paths: Sequence[str] | str, env: Mapping[str, str] | None = None,
+                    use_lock: bool = True) -> tuple[RuleSet, dict[str, ResolvedPack]]:
+    """load_rules, plus every pack included by name (what `decorator pack lock` pins). With
+    `use_lock=False` an existing packs.lock is ignored (to write a new one)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    loader = _Loader(os.environ if env is None else env, use_lock)
     for p in paths:
-        loader.load_path(os.fspath(p), {}, (), None)
+        loader.load_root(os.fspath(p))
     loader.check_test_refs()
     if loader.errors:
         raise RulesInvalid(loader.sorted_errors())
-    return RuleSet(loader.entries, list(loader.digests), loader.digest(), loader.tests, tuple(map(str, paths)),
-                   loader.notes)
+    return (RuleSet(loader.entries, list(loader.digests), loader.digest(), loader.tests, tuple(map(str, paths)),
+                    loader.notes), loader.resolved)
+
+
+def read_manifest(pack_dir: str) -> PackManifest:
+    """A pack directory's pack.yaml, validated; RulesInvalid with located errors."""
+    loader = _Loader({})
+    got = loader._manifest(resolve.Candidate(os.path.basename(os.path.normpath(pack_dir)), pack_dir, "path"))
+    if loader.errors or got is None:
+        raise RulesInvalid(loader.sorted_errors())
+    return got[0]
 
 
 def pack_units(path: str) -> list[str]:
@@ -69,9 +92,28 @@ def pack_units(path: str) -> list[str]:
 
 
 def _yaml_files(d: str) -> list[str]:
+    """The rules files of a directory: not a pack's manifest, not the vendored pack files that a
+    packs.lock beside them lists (a flat ConfigMap holds those next to the rules)."""
+    skip = set(MANIFESTS)
+    lock = os.path.join(d, resolve.LOCK_FILE)
+    if os.path.isfile(lock):
+        with open(lock, encoding="utf-8", errors="replace") as f:
+            skip |= index_keys(f.read())
     return sorted(os.path.join(d, f) for f in os.listdir(d)
-                  if f.endswith(YAML_SUFFIXES) and not f.startswith(".")
+                  if f.endswith(YAML_SUFFIXES) and not f.startswith(".") and f not in skip
                   and os.path.isfile(os.path.join(d, f)))
+
+
+@dataclass
+class ResolvedPack:
+    """A pack loaded by name: what was found where (what a lock pins)."""
+
+    name: str
+    version: str
+    source: str
+    sha256: str
+    dir: str
+    files: dict[str, str]  # relative path -> the file it was read from
 
 
 class _Source:
@@ -163,8 +205,17 @@ class _ActionCtx:
 
 
 class _Loader:
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], use_lock: bool = True) -> None:
         self.env = env
+        self.use_lock = use_lock
+        self.pack: str | None = None  # the pack whose files are being read: its rules are `pack/name`
+        # A pack included by name is tested by its author with its defaults; the includer's params
+        # would fail those cases, so they are not the includer's tests (`decorator test PACK` runs them).
+        self.collect_tests = True
+        self.lock: tuple[LockFile, str] | None = None  # the root's packs.lock and its path
+        self.resolved: dict[str, ResolvedPack] = {}
+        self.manifests: dict[str, tuple[PackManifest, _Source] | None] = {}
+        self.offsets: dict[str, tuple[str, int, int]] = {}  # embedded YAML: (shown file, line, col offset)
         self.errors: list[RuleError] = []
         self.notes: list[str] = []  # worth a warning, not an error (RuleSet.notes)
         self.entries: list[LoadedRule] = []
@@ -185,7 +236,8 @@ class _Loader:
         for lt in self.tests:
             for name, loc in lt.refs:
                 if name not in self.names:
-                    close = difflib.get_close_matches(name, list(self.names), n=1)
+                    packed = [n for n in self.names if n.endswith("/" + name)]
+                    close = packed[:1] or difflib.get_close_matches(name, list(self.names), n=1)
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
                     self.add(loc, f"test refers to rule {name!r}, which is not in the rule set{hint}")
 
@@ -206,7 +258,21 @@ class _Loader:
         return h.hexdigest()
 
     # -- paths --------------------------------------------------------------------------------
+    def load_root(self, path: str) -> None:
+        """One path given to run/validate: with a packs.lock beside it (in it, for a directory),
+        the packs it includes by name must be the locked ones."""
+        self.lock = None
+        d = path if os.path.isdir(path) else (os.path.dirname(path) or ".")
+        lock_path = os.path.join(d, resolve.LOCK_FILE)
+        if self.use_lock and os.path.isfile(lock_path):
+            self._read_lock(lock_path, None)
+        self.load_path(path, {}, (), None)
+        self.lock = None
+
     def load_path(self, path: str, ivars: dict, stack: tuple, at: Location | None) -> None:
+        if os.path.isdir(path) and resolve.manifest_in(path):
+            self._load_dir_pack(path, ivars, stack, at)
+            return
         if os.path.isdir(path):
             files = _yaml_files(path)
             if not files:
@@ -230,39 +296,52 @@ class _Loader:
         else:
             self.add(at or Location(path), f"no such file or directory: {path}")
 
-    def load_file(self, path: str, ivars: dict, stack: tuple, at: Location | None) -> None:
-        real = os.path.realpath(path)
-        if real in stack:
-            chain = " -> ".join(os.path.relpath(p) for p in stack + (real,))
-            self.add(at or Location(path), f"include cycle: {chain}")
-            return
+    def read_bytes(self, path: str, at: Location | None) -> bytes | None:
+        """A file's bytes: an embedded one (a ConfigMap manifest's entry) or from disk (noted in the
+        digest); None after reporting why not."""
+        if path in self.virtual:
+            return self.virtual[path]
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
             self.add(at or Location(path), f"cannot read {path}: {e.strerror}")
-            return
+            return None
         self.note_file(path, data)
+        return data
+
+    def load_file(self, path: str, ivars: dict, stack: tuple, at: Location | None,
+                  base_dir: str | None = None) -> None:
+        real = os.path.realpath(path)
+        if real in stack:
+            chain = " -> ".join(os.path.relpath(p) for p in stack + (real,))
+            self.add(at or Location(path), f"include cycle: {chain}")
+            return
+        data = self.read_bytes(path, at)
+        if data is None:
+            return
+        shown, line_off, col_off = self.offsets.get(path, (path, 0, 0))
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            self.add(Location(path), f"not UTF-8 text (byte {e.start})")
+            self.add(Location(shown), f"not UTF-8 text (byte {e.start})")
             return
-        docs = self._parse(text, path, 0, 0)
+        docs = self._parse(text, shown, line_off, col_off)
         if docs is None:
             return
         lines = text.splitlines()
-        if any(isinstance(d, dict) and d.get("kind") == "ConfigMap" for d in docs):
+        if path not in self.virtual and any(isinstance(d, dict) and d.get("kind") == "ConfigMap" for d in docs):
             self._configmap(path, docs, lines, ivars, stack + (real,))
             return
         if len(docs) > 1:
             second = docs[1]
             line = second.lc.line if isinstance(second, CommentedBase) else 0
-            self.add(Location(path, line + 1, 1), "expected one YAML document in a rules file; "
+            self.add(Location(shown, line_off + line + 1, 1), "expected one YAML document in a rules file; "
                      "use several files in a directory, or include")
             return
         doc = docs[0] if docs else None
-        self._document(doc, _Source(path, doc, lines), os.path.dirname(path), ivars, stack + (real,))
+        self._document(doc, _Source(shown, doc, lines, line_off, col_off), base_dir or os.path.dirname(path),
+                       ivars, stack + (real,))
 
     def _parse(self, text: str, file: str, line_off: int, col_off: int) -> list | None:
         yaml = YAML(typ="rt")
@@ -286,12 +365,19 @@ class _Loader:
             data = doc.get("data") or {}
             if not isinstance(data, dict):
                 continue
-            # Non-YAML entries are the files a mounted ConfigMap puts next to the rules (pages).
+            # Non-YAML entries are the files a mounted ConfigMap puts next to the rules (pages), and
+            # so are the vendored pack files its packs.lock lists.
+            index = index_keys(data[resolve.LOCK_FILE]) \
+                if isinstance(data.get(resolve.LOCK_FILE), str) else set()
             for k, v in data.items():
-                if isinstance(v, str) and not str(k).endswith(YAML_SUFFIXES):
-                    self.virtual[os.path.normpath(os.path.join(base, str(k)))] = v.encode()
+                if isinstance(v, str) and (not str(k).endswith(YAML_SUFFIXES) or k in index):
+                    key_path = os.path.normpath(os.path.join(base, str(k)))
+                    self.virtual[key_path] = v.encode()
+                    self.offsets[key_path] = (path, *self._block_offsets(data, k, lines))
+            if self.use_lock and resolve.LOCK_FILE in data:
+                self._read_lock(os.path.normpath(os.path.join(base, resolve.LOCK_FILE)), None)
             for k, v in data.items():
-                if not str(k).endswith(YAML_SUFFIXES):
+                if not str(k).endswith(YAML_SUFFIXES) or k in index:
                     continue
                 found = True
                 vl, vc = data.lc.value(k)
@@ -299,11 +385,7 @@ class _Loader:
                     self.add(Location(path, vl + 1, vc + 1), f"data entry {k!r} must be a string "
                              "(a block scalar: `|`) holding a rules document")
                     continue
-                if isinstance(v, LiteralScalarString):
-                    line_off = vl + 1
-                    col_off = next((len(ln) - len(ln.lstrip(" ")) for ln in lines[line_off:] if ln.strip()), 0)
-                else:  # quoted or folded: positions inside cannot be mapped line by line
-                    line_off, col_off = vl, vc
+                line_off, col_off = self._block_offsets(data, k, lines)
                 sub = self._parse(str(v), path, line_off, col_off)
                 if sub is None:
                     continue
@@ -315,6 +397,213 @@ class _Loader:
                                ivars, stack)
         if not found:
             self.add(Location(path), "ConfigMap has no data entry ending in .yaml or .yml")
+
+    @staticmethod
+    def _block_offsets(data: Any, k: Any, lines: list[str]) -> tuple[int, int]:
+        """Where the text of data entry `k` starts in the manifest (0-based line and column)."""
+        vl, vc = data.lc.value(k)
+        if isinstance(data[k], LiteralScalarString):
+            line_off = vl + 1
+            col_off = next((len(ln) - len(ln.lstrip(" ")) for ln in lines[line_off:] if ln.strip()), 0)
+            return line_off, col_off
+        return vl, vc  # quoted or folded: positions inside cannot be mapped line by line
+
+    # -- packs --------------------------------------------------------------------------------
+    def _yaml_model(self, path: str, model: type[BaseModel], at: Location | None) -> tuple[Any, _Source] | None:
+        """A small YAML file (manifest, lock) validated against `model`, errors located."""
+        data = self.read_bytes(path, at)
+        if data is None:
+            return None
+        shown, line_off, col_off = self.offsets.get(path, (path, 0, 0))
+        text = data.decode("utf-8", errors="replace")
+        docs = self._parse(text, shown, line_off, col_off)
+        if docs is None:
+            return None
+        doc = docs[0] if docs else None
+        src = _Source(shown, doc, text.splitlines(), line_off, col_off)
+        try:
+            return model.model_validate(doc if doc is not None else {}), src
+        except ValidationError as e:
+            for err in e.errors():
+                self._pydantic_error(err, src, model)
+            return None
+
+    def _read_lock(self, path: str, at: Location | None) -> None:
+        got = self._yaml_model(path, LockFile, at)
+        if got is not None:
+            self.lock = (got[0], path)
+
+    def _vendored(self) -> dict[str, resolve.Candidate]:
+        """Packs the root's packs.lock holds a copy of (a flat ConfigMap): found before any other."""
+        if self.lock is None:
+            return {}
+        lock, lock_path = self.lock
+        d = os.path.dirname(lock_path)
+        return {name: resolve.Candidate(name, os.path.join(d, ".packs", name), "vendored in packs.lock",
+                                        {rel: os.path.normpath(os.path.join(d, key)) for rel, key in e.files.items()})
+                for name, e in lock.packs.items() if e.files}
+
+    def _manifest(self, c: resolve.Candidate) -> tuple[PackManifest, _Source] | None:
+        if c.files is not None:
+            rel = next((m for m in MANIFESTS if m in c.files), None)
+            path = c.files[rel] if rel else None
+        else:
+            path = resolve.manifest_in(c.dir)
+        if path is None:
+            self.add(Location(c.dir), f"pack {c.name!r}: no pack.yaml in {c.where()}")
+            return None
+        if path not in self.manifests:
+            self.manifests[path] = self._yaml_model(path, PackManifest, None)
+        return self.manifests[path]
+
+    def _pack_files(self, c: resolve.Candidate) -> dict[str, str]:
+        if c.files is not None:
+            return dict(c.files)
+        return {rel: os.path.join(c.dir, rel) for rel in resolve.content_files(c.dir)}
+
+    def _load_dir_pack(self, path: str, ivars: dict, stack: tuple, at: Location | None) -> None:
+        """A directory with a pack.yaml, given by path: a pack (its params checked, its rules named
+        `pack/rule`); the include's `vars` set its params by variable name."""
+        c = resolve.Candidate(os.path.basename(os.path.normpath(path)), os.path.normpath(path), "path")
+        got = self._manifest(c)
+        if got is not None:
+            self._load_pack(c, got, {}, ivars, stack, at)
+
+    def _load_pack(self, c: resolve.Candidate, got: tuple[PackManifest, _Source], given: dict,
+                   path_vars: dict, stack: tuple, at: Location | None) -> None:
+        m, msrc = got
+        if m.requires and parse_version(__version__) not in parse_range(m.requires):
+            self.add(at or msrc.loc(("requires",)), f"pack {m.name!r} {m.version} at {c.where()} requires "
+                     f"decorator {m.requires}; this is decorator {__version__}")
+            return
+        values = self._params(m, msrc, given, path_vars, at)
+        if values is None:
+            return
+        files = self._pack_files(c)
+        if c.files is not None:  # vendored: its pages are read by relative path from the pack's dir
+            for rel, key in files.items():
+                if not rel.endswith(YAML_SUFFIXES):
+                    data = self.read_bytes(key, at)
+                    if data is not None:
+                        self.virtual[os.path.join(c.dir, rel)] = data
+        outer, self.pack = self.pack, m.name
+        try:
+            for rel in sorted(files):
+                if "/" not in rel and rel.endswith(YAML_SUFFIXES) and rel not in MANIFESTS:
+                    self.load_file(files[rel], {**path_vars, **values}, stack, at, base_dir=c.dir)
+        finally:
+            self.pack = outer
+
+    def _params(self, m: PackManifest, msrc: _Source, given: dict, path_vars: dict,
+                at: Location | None) -> dict | None:
+        """The pack's params as the ${VAR} values its rules see: from `with:` (or an include's
+        `vars` by variable name), else the environment, else the default; each checked."""
+        ok = True
+        for k, (_, _, key_loc) in given.items():
+            if k not in m.params:
+                takes = ", ".join(m.params) or "no params"
+                self.add(key_loc, f"unknown param {k!r}{suggest(k, list(m.params))}; pack {m.name} takes: {takes}")
+                ok = False
+        out = {}
+        for pname, p in m.params.items():
+            var = p.var or pname
+            origin = ""
+            if pname in given:
+                value, loc = given[pname][0], given[pname][1]
+            elif var in path_vars:
+                value, loc = path_vars[var], at or msrc.loc(("params", pname))
+            elif var in self.env:
+                value, loc = self.env[var], msrc.loc(("params", pname), key=True)
+                origin = f" (from the environment variable {var})"
+            elif p.default is not None:
+                value, loc = p.default, msrc.loc(("params", pname, "default"))
+            else:
+                if p.is_required():
+                    about = f" ({p.description})" if p.description else ""
+                    self.add(at or msrc.loc(("params", pname), key=True),
+                             f"pack {m.name}: missing required param {pname!r}{about}; give it in `with:`")
+                    ok = False
+                continue
+            try:
+                out[var] = check_value(p, value)
+            except ValueError as e:
+                self.add(loc, f"{pname}: {e}{origin}")
+                ok = False
+        return out if ok else None
+
+    def _include_pack(self, inc: Any, i: int, src: _Source, base_dir: str, stack: tuple) -> None:
+        name = inc.pack
+        at = src.loc(("include", i, "pack"))
+        vendored = self._vendored()
+        cands = resolve.find(name, base_dir, self.env, vendored)
+        first = next(cands, None)
+        if first is None:
+            known = sorted({c.name for c in resolve.all_candidates(base_dir, self.env)} | set(vendored))
+            looked = ", ".join(f"{d} ({o})" for o, d in resolve.search_dirs(base_dir, self.env))
+            self.add(at, f"pack {name!r} not found{suggest(name, known)}; looked in {looked} and the "
+                     f"{resolve.ENTRY_POINT_GROUP} entry points (`decorator pack list` shows what is there)")
+            return
+        locked: LockEntry | None = None
+        if self.lock is not None:
+            locked = self.lock[0].packs.get(name)
+            if locked is None:
+                self.add(at, f"pack {name!r} is not in {self.lock[1]}; run `decorator pack lock` to add it")
+                return
+        spec = parse_range(inc.version) if inc.version else None
+        tried = []
+        chosen = None
+        for c in itertools.chain([first], cands):
+            got = self._manifest(c)
+            if got is None:
+                return  # a broken pack on the search path: its own errors say why
+            m = got[0]
+            if m.name != name:
+                self.add(got[1].loc(("name",)), f"pack.yaml names the pack {m.name!r}, but it is found as "
+                         f"{name!r} ({c.where()}); the directory or entry point must carry the pack's name")
+                return
+            why = None
+            if spec is not None and m.semver() not in spec:
+                why = f"does not match {inc.version}"
+            elif locked is not None and m.version != locked.version:
+                why = f"{self.lock[1]} pins {locked.version}"
+            elif m.requires and parse_version(__version__) not in parse_range(m.requires):
+                why = f"requires decorator {m.requires}, this is {__version__}"
+            if why is None:
+                chosen = (c, got)
+                break
+            tried.append(f"{m.version} at {c.where()} {why}")
+        if chosen is None:
+            self.add(src.loc(("include", i, "version")) if inc.version else at,
+                     f"pack {name!r}: no usable version; found " + "; ".join(tried))
+            return
+        c, got = chosen
+        files = self._pack_files(c)
+        contents = {}
+        for rel, path in files.items():
+            data = self.read_bytes(path, at)
+            if data is None:
+                return
+            contents[rel] = data
+        sha = resolve.content_hash(contents)
+        if locked is not None and sha != locked.sha256:
+            self.add(at, f"pack {name!r} {got[0].version} at {c.where()} has changed since {self.lock[1]} was "
+                     f"written (content sha256 {sha[:12]}, locked {locked.sha256[:12]}); refusing it: restore "
+                     "the pack, or run `decorator pack lock` to accept the change")
+            return
+        prev = self.resolved.get(name)
+        if prev is not None and prev.version != got[0].version:
+            self.add(at, f"pack {name!r} {got[0].version} ({c.where()}) is also included as {prev.version} "
+                     f"({prev.source}); one rule set uses one version of a pack")
+            return
+        self.resolved[name] = ResolvedPack(name, got[0].version, c.where() if locked is None else locked.source,
+                                           sha, c.dir, files)
+        given = {k: (v, src.loc(("include", i, "with", k)), src.loc(("include", i, "with", k), key=True))
+                 for k, v in inc.with_.items()}
+        outer, self.collect_tests = self.collect_tests, False
+        try:
+            self._load_pack(c, got, given, {}, stack, at)
+        finally:
+            self.collect_tests = outer
 
     # -- one document -------------------------------------------------------------------------
     def _document(self, doc: Any, src: _Source, base_dir: str, ivars: dict, stack: tuple) -> None:
@@ -367,7 +656,9 @@ class _Loader:
         self._includes(model.include, src, base_dir, stack)
         for i, rule in enumerate(model.rules):
             self._rule(rule, i, src, base_dir)
-        for i, case in enumerate(model.tests):
+        for i, case in enumerate(model.tests if self.collect_tests else ()):
+            if self.pack is not None:
+                case = self._qualified_case(case)
             ex = case.expect
             refs = [(name, src.loc(("tests", i, "expect", key, j)))
                     for key, names in (("fired", ex.fired), ("not_fired", ex.not_fired),
@@ -375,12 +666,30 @@ class _Loader:
                     for j, name in enumerate(names)]
             self.tests.append(LoadedTest(case, src.loc(("tests", i)), refs))
 
+    def _qualified_case(self, case: TestCase) -> TestCase:
+        """A pack's own tests name its rules as written; the rule set knows them as `pack/name`."""
+        def q(names: list[str]) -> list[str]:
+            return [n if "/" in n else f"{self.pack}/{n}" for n in names]
+
+        ex = case.expect
+        update = {"fired": q(ex.fired), "not_fired": q(ex.not_fired)}
+        if ex.notify is not None:
+            update["notify"] = q(ex.notify)
+        if ex.record is not None:
+            update["record"] = q(ex.record)
+        return case.model_copy(update={"expect": ex.model_copy(update=update)})
+
     def _includes(self, includes: list, src: _Source, base_dir: str, stack: tuple) -> None:
         for i, inc in enumerate(includes):
+            if inc.pack is not None:
+                self._include_pack(inc, i, src, base_dir, stack)
+                continue
             at = src.loc(("include", i))
             target = os.path.normpath(os.path.join(base_dir, inc.path))
             ivars = dict(inc.vars)
-            if os.path.isdir(target):
+            if os.path.isdir(target) and resolve.manifest_in(target):
+                self._load_dir_pack(target, ivars, stack, at)
+            elif os.path.isdir(target):
                 files = _yaml_files(target)
                 if not files:
                     self.add(at, f"include: no *.yaml or *.yml files in directory {target}")
@@ -393,6 +702,8 @@ class _Loader:
 
     def _rule(self, rule: Any, i: int, src: _Source, base_dir: str) -> None:
         here = ("rules", i)
+        if self.pack is not None:  # two packs may both have a `hsts` rule: they are `a/hsts`, `b/hsts`
+            rule = rule.model_copy(update={"name": f"{self.pack}/{rule.name}"})
         name_loc = src.loc(here + ("name",))
         first = self.names.get(rule.name)
         if first is not None:
@@ -472,13 +783,13 @@ class _Loader:
         return VarText("".join(out)) if substituted else "".join(out)
 
     # -- pydantic errors -> located messages ----------------------------------------------------
-    def _pydantic_error(self, err: dict, src: _Source) -> None:
+    def _pydantic_error(self, err: dict, src: _Source, root: type[BaseModel] | None = None) -> None:
         loc = tuple(err["loc"])
         kind = err["type"]
         where = _dotted(loc)
         if kind == "extra_forbidden":
             key = loc[-1]
-            allowed = _allowed_keys(loc[:-1])
+            allowed = _allowed_keys(loc[:-1], root or RulesDocument)
             msg = f"unknown key {key!r}"
             close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
             if close:
@@ -561,15 +872,15 @@ def _show(v: Any) -> str:
     return str(v)
 
 
-def _allowed_keys(loc: Sequence) -> list[str]:
+def _allowed_keys(loc: Sequence, root: type[BaseModel] = RulesDocument) -> list[str]:
     """Keys the model at `loc` accepts (for 'did you mean' and 'expected one of')."""
-    types: list = [RulesDocument]
+    types: list = [root]
     for elem in loc:
         nxt: list = []
         for tp in types:
             for t in _unwrap(tp):
                 if isinstance(t, type) and issubclass(t, BaseModel):
-                    f = t.model_fields.get(elem) if isinstance(elem, str) else None
+                    f = _field(t, elem) if isinstance(elem, str) else None
                     if f is not None:
                         nxt.append(f.annotation)
                 elif typing.get_origin(t) is list and isinstance(elem, int):
@@ -581,8 +892,12 @@ def _allowed_keys(loc: Sequence) -> list[str]:
     for tp in types:
         for t in _unwrap(tp):
             if isinstance(t, type) and issubclass(t, BaseModel):
-                keys.extend(k for k in t.model_fields if k not in keys)
+                keys.extend(k for k in (f.alias or n for n, f in t.model_fields.items()) if k not in keys)
     return keys
+
+
+def _field(model: type[BaseModel], key: str) -> Any:
+    return next((f for n, f in model.model_fields.items() if (f.alias or n) == key), None)
 
 
 def _unwrap(tp: Any) -> list:

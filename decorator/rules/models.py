@@ -293,11 +293,37 @@ VarName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class Include(Strict):
-    """Another rules file, or a pack directory, loaded before this document's own rules."""
+    """Another rules file or pack directory (`path:`), or a pack by name (`pack:`), loaded before
+    this document's own rules."""
 
-    path: str = Field(description="File or directory, relative to this file.")
+    path: str | None = Field(None, description="File or directory, relative to this file.")
     vars: dict[VarName, Scalar] = Field(default_factory=dict, description=(
-        "Values for the included file's ${NAME} references (win over its own vars)."))
+        "With `path:`: values for the included file's ${NAME} references (win over its own vars)."))
+    pack: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9._-]*$", description=(
+        "A pack by name, found beside this file, in DECORATOR_PACK_PATH, among the shipped packs or "
+        "in an installed distribution (`decorator pack list`)."))
+    version: str | None = Field(None, description=(
+        "With `pack:`: the versions accepted, as a range (^1.2, ~1.2.3, >=1.0, 1.x)."))
+    with_: dict[str, Scalar] = Field(default_factory=dict, alias="with", description=(
+        "With `pack:`: values of the pack's params (checked against its pack.yaml)."))
+
+    @field_validator("version")
+    @classmethod
+    def _range(cls, v: str | None) -> str | None:
+        if v is not None:
+            from decorator.packs.manifest import parse_range
+            parse_range(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Include:
+        if (self.path is None) == (self.pack is None):
+            raise ValueError("give exactly one of path, pack")
+        if self.path is not None and (self.version is not None or self.with_):
+            raise ValueError("version and with go with pack:, not path: (a path include takes vars)")
+        if self.pack is not None and self.vars:
+            raise ValueError("a pack include takes its params in with:, not vars:")
+        return self
 
 
 def _include_shorthand(v: Any) -> Any:

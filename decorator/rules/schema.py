@@ -90,3 +90,25 @@ def render() -> str:
     """The schema as deterministic JSON text (sorted keys, trailing newline)."""
     schema = RulesDocument.model_json_schema(schema_generator=RulesSchema, mode="validation")
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+class PackSchema(GenerateJsonSchema):
+    """pack.schema.json: a pack's manifest (no ${...} there: a manifest is read as written)."""
+
+    def generate(self, schema, mode="validation"):
+        out = super().generate(schema, mode=mode)
+        out["$schema"] = SCHEMA_DIALECT
+        out["$id"] = PACK_SCHEMA_ID
+        out["title"] = "decorator rule pack manifest (pack.yaml)"
+        return out
+
+
+PACK_SCHEMA_ID = "urn:decorator-sidecar:pack:v1"
+
+
+def render_pack() -> str:
+    """pack.schema.json as deterministic JSON text: `decorator schema --pack > pack.schema.json`."""
+    from decorator.packs.manifest import PackManifest
+
+    schema = PackManifest.model_json_schema(schema_generator=PackSchema, mode="validation")
+    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -40,7 +40,7 @@ def test_defaults_one_event_at_the_fifth_5xx_then_quiet_for_the_cooldown():
     _send(hooks, 503)
     assert len(rt.events) == 1
     rule, event, target = rt.events[0]
-    assert rule == "alert-5xx"
+    assert rule == "alert-5xx/alert-5xx"  # qualified by its pack
     assert target.url == "http://127.0.0.1:8088/events"
     assert dict(target.headers) == {"Authorization": "Bearer none"}
     assert event["event"] == "rule.matched" and event["pod"] == "web-1"
@@ -51,7 +51,7 @@ def test_defaults_one_event_at_the_fifth_5xx_then_quiet_for_the_cooldown():
     clock.now += 60
     _send(hooks, 500, 50)
     assert len(rt.events) == 1
-    assert rt.counters["notify_suppressed"]["alert-5xx"] == 4 + 50
+    assert rt.counters["notify_suppressed"]["alert-5xx/alert-5xx"] == 4 + 50
 
 
 def test_errors_spread_wider_than_the_window_never_alert():
