@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("decorator.actions")
 
-BUILTIN = ("respond", "headers", "record", "notify")
+BUILTIN = ("respond", "headers", "record", "notify", "fault", "basic_auth", "forward_auth", "mirror", "retry")
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,21 @@ class Action:
       reply was chosen, else `ex.response_headers`) and return None.
     - `complete(ex) -> None`: the exchange is over (ex.status is what the client got).
 
-    Handlers run on the event loop: they must never block or await. A handler that raises is
-    logged and counted in runtime.counters["action_errors"][rule]; the exchange goes on.
+    Handlers run on the event loop: they must never block. A request handler that must wait (a
+    timer, a call to a service, work in a thread) returns an awaitable of `Reply | None`; the
+    exchange is held until it resolves, then the rule set goes on. A response handler may return
+    `proxy.hooks.Retry` (only when `ex.can_resend()`): the request goes to the app again, and no
+    header edit applies to the dropped answer. `keep_body` (bytes, set in __init__) asks the
+    tunnel to keep request bodies up to that size (for a Retry, and `ex.request_body()` in the
+    complete phase). A handler that raises is logged and counted in
+    runtime.counters["action_errors"][rule]; the exchange goes on.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[Strict] | str]  # the model, or "module:Class" to import it only when needed
     summary: ClassVar[str] = ""
     replies: ClassVar[bool] = False
+    keep_body: int = 0
 
     request: Callable[[Exchange], Reply | None] | None = None
     response: Callable[[Exchange, Reply | None], Reply | None] | None = None

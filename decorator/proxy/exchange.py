@@ -34,7 +34,7 @@ from decorator.proxy.http import (
     serialize_headers,
     status_line,
 )
-from decorator.proxy.hooks import MAX_RESENDS, REPLAY_MAX, Exchange, Hooks, Reply, Retry
+from decorator.proxy.hooks import MAX_RESENDS, Exchange, Hooks, Reply, Retry
 from decorator.proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("decorator.proxy")
@@ -422,9 +422,8 @@ class Flow(Exchange):
             self.body_buf = None
             self.buffered = 0
             data += chunk(body) if framing.chunked else body  # type: ignore[union-attr]
-            if self.req_state == REQ_DONE and len(body) <= REPLAY_MAX and self.hooks is not None \
-                    and self.hooks.retries:
-                self.body_buf = [body]  # kept: a response hook may ask to send the request again
+            if self.req_state == REQ_DONE and self.hooks is not None and len(body) <= self.hooks.keep_bodies:
+                self.body_buf = [body]  # kept: for a Retry, and for ex.request_body()
         if self.req_state == REQ_DONE and framing.chunked:  # type: ignore[union-attr]
             data += LAST_CHUNK
         self.t_sent = self.t_last_up = _monotonic()
@@ -658,6 +657,16 @@ class Flow(Exchange):
         if self.t_sent == 0.0:
             return True  # the app never got any of it: the body so far is still in body_buf
         return self.req_state == REQ_DONE and (self.bytes_in == 0 or self.body_buf is not None)
+
+    def request_body(self) -> bytes | None:
+        """The body, when it was complete and kept as the app was asked (Hooks.keep_bodies)."""
+        if self.req_state != REQ_DONE:
+            return None
+        if self.bytes_in == 0:
+            return b""
+        if self.t_sent == 0.0 or self.body_buf is None:
+            return None  # answered before the app was asked (the body was dropped), or not kept
+        return self.body_buf[0] if len(self.body_buf) == 1 else b"".join(self.body_buf)
 
     def _resend(self) -> bool:
         """A response hook returned Retry: drop this answer (and its connection) and ask the app

@@ -104,6 +104,11 @@ class Exchange:
         has no body and nothing has gone out, so yes; the tunnel's exchanges say for themselves."""
         return True
 
+    def request_body(self) -> bytes | None:
+        """The request's body when the tunnel kept it (see Hooks.keep_bodies), b"" when it had
+        none, None when it was not kept. A simulated exchange has no body."""
+        return b""
+
     def response_header(self, name: bytes) -> bytes | None:
         return header_get(self.response_headers, name) if self.response_headers else None
 
@@ -153,8 +158,8 @@ class Retry:
 
     Honoured only while `ex.can_resend()`: nothing of the response went to the client, the request
     is not an Upgrade, and the app can be given the whole request again (it got none of it, or the
-    request had no body, or its body was complete and at most REPLAY_MAX bytes when the app was
-    asked and the hooks set `retries`). Otherwise, and after MAX_RESENDS, it counts as None.
+    request had no body, or the tunnel kept its body: see Hooks.keep_bodies). Otherwise, and
+    after MAX_RESENDS, it counts as None.
     Which requests are safe to send twice (idempotent methods) is the hook's call.
     """
 
@@ -163,9 +168,6 @@ class Retry:
     def __init__(self, reason: str = "") -> None:
         self.reason = reason
 
-
-# Request bodies up to this size are kept for a Retry when the hooks set `retries`.
-REPLAY_MAX = 64 * 1024
 
 _NOT_NAMED = object()
 
@@ -240,8 +242,9 @@ class Hooks:
     (a reload) never changes an exchange in flight.
 
     request_interest / response_interest (None: every exchange) say which exchanges the
-    hook may act on; the tunnel calls the hook for no other one. `retries` True asks the tunnel
-    to keep small request bodies so that a Retry can send them again (nothing is kept otherwise).
+    hook may act on; the tunnel calls the hook for no other one. `keep_bodies` > 0 asks the
+    tunnel to keep a copy of request bodies up to that many bytes that were complete when the
+    app was asked, for a Retry and for `ex.request_body()` (0: nothing is kept).
     """
 
     on_request: Callable[[Exchange], Any] | None = None
@@ -249,7 +252,7 @@ class Hooks:
     on_complete: Callable[[Exchange], None] | None = None
     request_interest: Interest | None = None
     response_interest: Interest | None = None
-    retries: bool = False
+    keep_bodies: int = 0
 
 
 def hook_name(fn: Any) -> str:
@@ -268,7 +271,7 @@ class ChainedHooks(Hooks):
         req = [(p.on_request, p.request_interest) for p in self.parts if p.on_request is not None]
         resp = [(p.on_response_head, p.response_interest) for p in self.parts if p.on_response_head is not None]
         done = [p.on_complete for p in self.parts if p.on_complete is not None]
-        self.retries = any(p.retries for p in self.parts)
+        self.keep_bodies = max(p.keep_bodies for p in self.parts) if self.parts else 0
         if req:
             self._req = tuple(req)
             self.on_request = self._on_request

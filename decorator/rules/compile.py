@@ -15,7 +15,7 @@ from typing import Any
 
 from decorator.actions.registry import ACTIONS
 from decorator.actions.runtime import Runtime
-from decorator.proxy.hooks import Exchange, Hooks, Interest, Reply, first_segment
+from decorator.proxy.hooks import Exchange, Hooks, Interest, Reply, Retry, first_segment
 from decorator.rules.match import HeaderCheck, PathIndex, PathPattern, exchange_view, regex_key
 from decorator.rules.ruleset import LoadedRule, RuleSet, plain_ruleset
 from decorator.rules.values import status_codes
@@ -156,6 +156,8 @@ class RuleHooks(Hooks):
             for name, config in lr.rule.actions():
                 cls = ACTIONS[name]
                 act = cls(config, lr.info, lr.prepared.get(name), runtime)
+                if act.keep_body > self.keep_bodies and cr.enabled:
+                    self.keep_bodies = act.keep_body  # the tunnel keeps request bodies this small
                 if act.request is not None:
                     entries["request"].fns.append((act.request, name))
                     names.setdefault("request", []).append(name)
@@ -214,7 +216,8 @@ class RuleHooks(Hooks):
                 if cr.path.match(path):
                     ex.route = cr.path.pattern
                     break
-        for e in self._req.lookup(ex.method, path):
+        cands = self._req.lookup(ex.method, path)
+        for e in cands:
             if not (e.always or e.matches(ex)):
                 continue
             if e.count_hit:
@@ -228,8 +231,57 @@ class RuleHooks(Hooks):
                 if self._trace is not None:
                     self._trace(e.name, action, "request")
                 if r is not None:
-                    return self._replied(ex, r)
+                    if type(r) is Reply:
+                        return self._replied(ex, r)
+                    return self._wait(ex, r, e, fn, action, cands)
         return None
+
+    async def _wait(self, ex: Exchange, pending: Any, e: _Entry, fn: Callable, action: str,
+                    cands: tuple) -> Reply | None:
+        """An action answered with an awaitable (it waits for a timer or a service): the tunnel
+        holds the exchange until it resolves; then the actions and rules after it run."""
+        try:
+            r = await pending
+        except Exception:  # isolated, as a failing plain action
+            self._failed(e.name, action, "request")
+            r = None
+        if r is not None:
+            return self._replied(ex, r)
+        i = cands.index(e)
+        j = e.fns.index((fn, action)) + 1
+        while True:
+            e = cands[i]
+            fns = e.fns
+            if j == 0:
+                if not (e.always or e.matches(ex)):
+                    i += 1
+                    if i >= len(cands):
+                        return None
+                    continue
+                if e.count_hit:
+                    self._hits[e.name] = self._hits.get(e.name, 0) + 1
+            for fn, action in fns[j:]:
+                try:
+                    r = fn(ex)
+                except Exception:
+                    self._failed(e.name, action, "request")
+                    continue
+                if self._trace is not None:
+                    self._trace(e.name, action, "request")
+                if r is not None:
+                    if type(r) is not Reply:
+                        try:
+                            r = await r
+                        except Exception:
+                            self._failed(e.name, action, "request")
+                            r = None
+                        if r is None:
+                            continue
+                    return self._replied(ex, r)
+            i += 1
+            j = 0
+            if i >= len(cands):
+                return None
 
     def _replied(self, ex: Exchange, reply: Reply) -> Reply:
         """A request-phase answer still gets the response-phase header edits (security headers on
@@ -272,8 +324,9 @@ class RuleHooks(Hooks):
                 if edits is None:
                     edits = []
                 edits.append(e)
-        # Header edits go last so they apply to what is actually sent (the app's or the reply).
-        if edits is not None:
+        # Header edits go last so they apply to what is actually sent (the app's or the reply);
+        # none when the request goes to the app again (Retry): this answer is dropped.
+        if edits is not None and type(reply) is not Retry:
             for e in edits:
                 for fn, action in e.editors:
                     self._call_response(e, fn, action, ex, reply)

@@ -263,6 +263,10 @@ class Expect(Strict):
     notify: list[str] | None = Field(None, description=(
         "Exactly the rules that sent a notify event (over all repeats); [] = none."))
     record: list[str] | None = Field(None, description="Exactly the rules that recorded.")
+    mirror: list[str] | None = Field(None, description=(
+        "Exactly the rules that sent a mirror copy (over all repeats); [] = none."))
+    retries: int | None = Field(None, ge=0, description=(
+        "Times the request was sent to the app again by retry rules (over all repeats)."))
 
 
 class TestCase(Strict):
@@ -275,6 +279,9 @@ class TestCase(Strict):
     request: Annotated[TestRequest, BeforeValidator(_request_shorthand, json_schema_input_type=(
         Annotated[str, Field(pattern=r"^[A-Za-z]+ /")] | TestRequest))]
     upstream: FakeUpstream = Field(default_factory=FakeUpstream, description="Default: 200, empty body.")
+    forward_auth: FakeUpstream | None = Field(None, description=(
+        "What the forward_auth service answers in this case. Without it the service counts as "
+        "unreachable (503, or the request goes on with `on_error: allow`)."))
     env: dict[str, str] = Field(default_factory=dict, description=(
         "Variables for ${...} in the rules while this case runs (the rules are reloaded with them)."))
     repeat: int = Field(1, ge=1, le=1000, description="Send the request this many times (thresholds).")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from decorator.actions.runtime import NotifyTarget, Runtime
+from decorator.actions.runtime import NotifyTarget, Runtime, ServiceError
 from decorator.errors import RulesInvalid
 from decorator.proxy import driver
 from decorator.proxy.driver import Outcome
@@ -20,17 +20,31 @@ from decorator.rules.models import Expect, FakeUpstream, TestCase
 
 
 class CaptureRuntime(Runtime):
-    """A Runtime that keeps notify events instead of sending them and traces every action run."""
+    """A Runtime that keeps notify events and mirror copies instead of sending them, answers
+    forward_auth from the test case, and traces every action run."""
 
-    def __init__(self, pod: str = "test") -> None:
+    def __init__(self, pod: str = "test", auth_answer: FakeUpstream | None = None) -> None:
         super().__init__(recorder=None, pod=pod)
         self.events: list[tuple[str, dict, NotifyTarget]] = []
+        self.mirrored: list[tuple[str, str, str]] = []
+        self.auth_answer = auth_answer
         self.fired: list[tuple[str, str, str]] = []
         self.trace = lambda rule, action, phase: self.fired.append((rule, action, phase))
 
     def submit(self, rule: str, event: dict, target: NotifyTarget) -> bool:
         self.events.append((rule, event, target))
         return True
+
+    def mirror(self, rule: str, method: str, url: str, headers: list, body: bytes, timeout: float) -> bool:
+        self.mirrored.append((rule, method, url))
+        return True
+
+    async def auth_request(self, url: str, headers: list, timeout: float) -> tuple[int, list, bytes]:
+        a = self.auth_answer
+        if a is None:
+            raise ServiceError("no forward_auth answer in this test case (add `forward_auth:` to it)")
+        return (a.status, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in a.headers.items()],
+                a.body.encode())
 
 
 _seq = 0
@@ -91,6 +105,14 @@ def check(expect: Expect, out: Outcome, runtime: CaptureRuntime) -> list[str]:
         got_n = sorted({r for r, _, _ in runtime.events})
         if got_n != sorted(set(expect.notify)):
             problems.append(f"notify: expected events from {sorted(set(expect.notify))}, got {got_n}")
+    if expect.mirror is not None:
+        got_m = sorted({r for r, _, _ in runtime.mirrored})
+        if got_m != sorted(set(expect.mirror)):
+            problems.append(f"mirror: expected copies from {sorted(set(expect.mirror))}, got {got_m}")
+    if expect.retries is not None:
+        got_n = sum(runtime.counters["retries"].values())
+        if got_n != expect.retries:
+            problems.append(f"retries: expected {expect.retries}, got {got_n}")
     if expect.record is not None:
         got_r = sorted({r for r, a, _ in runtime.fired if a == "record"})
         if got_r != sorted(set(expect.record)):
@@ -111,7 +133,7 @@ def run_case(paths: list[str], lt: LoadedTest, base_rules, env: Mapping[str, str
             rules = load_rules(paths, env={**(os.environ if env is None else env), **case.env})
         except RulesInvalid as e:
             return [f"rules invalid with this case's env: {err}" for err in e.errors]
-    runtime = CaptureRuntime()
+    runtime = CaptureRuntime(auth_answer=case.forward_auth)
     hooks = compile_rules(rules, runtime)
     req = case.request
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in req.headers.items()]

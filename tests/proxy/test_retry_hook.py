@@ -17,7 +17,7 @@ class RetryOn(Hooks):
     def __init__(self, statuses=(503,), times: int = 1, keep_bodies: bool = True) -> None:
         self.statuses = statuses
         self.times = times
-        self.retries = keep_bodies
+        self.keep_bodies = 64 * 1024 if keep_bodies else 0
         self.seen: list[tuple[int, str | None, bool]] = []
 
     def on_response_head(self, ex: Exchange):
@@ -71,7 +71,7 @@ async def test_a_chunked_body_is_sent_again_whole(upstream, make_proxy):
     assert [s.body for s in upstream.requests] == [b"abcde", b"abcde"]
 
 
-async def test_without_retries_set_a_sent_body_is_not_kept_and_the_answer_goes_out(upstream, make_proxy):
+async def test_without_keep_bodies_a_sent_body_is_not_kept_and_the_answer_goes_out(upstream, make_proxy):
     upstream.handler = failing_then_ok(1)
     hooks = RetryOn(keep_bodies=False)
     px = await make_proxy(upstream.port, hooks=hooks)
