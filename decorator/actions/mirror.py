@@ -38,7 +38,7 @@ class Mirror(Action):
     def _copy(self, ex: Exchange) -> None:
         if self._p < 1.0 and self._random() >= self._p:
             return
-        body = ex.request_body()
+        body = ex.kept_body()
         if body is None or len(body) > self._max_body:
             self.runtime.count("mirror_skipped", self.rule.name)
             return

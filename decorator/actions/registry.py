@@ -65,7 +65,7 @@ class Action:
     exchange is held until it resolves, then the rule set goes on. A response handler may return
     `proxy.hooks.Retry` (only when `ex.can_resend()`): the request goes to the app again, and no
     header edit applies to the dropped answer. `keep_body` (bytes, set in __init__) asks the
-    tunnel to keep request bodies up to that size (for a Retry, and `ex.request_body()` in the
+    tunnel to keep request bodies up to that size (for a Retry, and `ex.kept_body()` in the
     complete phase). A handler that raises is logged and counted in
     runtime.counters["action_errors"][rule]; the exchange goes on.
     """

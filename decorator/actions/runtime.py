@@ -189,7 +189,8 @@ class Runtime:
         ServiceError when the service cannot be reached or does not answer within `timeout`."""
         import httpx
         try:
-            return await asyncio.wait_for(self._auth_get(url, headers, timeout), timeout)
+            async with asyncio.timeout(timeout):
+                return await self._auth_get(url, headers, timeout)
         except (httpx.HTTPError, OSError, TimeoutError) as e:
             raise ServiceError(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from e
 
@@ -224,7 +225,10 @@ class Runtime:
         while True:
             rule, method, url, headers, body, timeout = await q.get()
             try:
-                await asyncio.wait_for(self._send_copy(method, url, headers, body, timeout), timeout)
+                # asyncio.timeout, not wait_for: wait_for can swallow the cancel of close()
+                # when the send fails at the same moment, and the worker would never end.
+                async with asyncio.timeout(timeout):
+                    await self._send_copy(method, url, headers, body, timeout)
                 self.count("mirror_sent", rule)
             except asyncio.CancelledError:
                 self.count("mirror_dropped", rule)

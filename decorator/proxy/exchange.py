@@ -423,7 +423,7 @@ class Flow(Exchange):
             self.buffered = 0
             data += chunk(body) if framing.chunked else body  # type: ignore[union-attr]
             if self.req_state == REQ_DONE and self.hooks is not None and len(body) <= self.hooks.keep_bodies:
-                self.body_buf = [body]  # kept: for a Retry, and for ex.request_body()
+                self.body_buf = [body]  # kept: for a Retry, and for ex.kept_body()
         if self.req_state == REQ_DONE and framing.chunked:  # type: ignore[union-attr]
             data += LAST_CHUNK
         self.t_sent = self.t_last_up = _monotonic()
@@ -658,7 +658,7 @@ class Flow(Exchange):
             return True  # the app never got any of it: the body so far is still in body_buf
         return self.req_state == REQ_DONE and (self.bytes_in == 0 or self.body_buf is not None)
 
-    def request_body(self) -> bytes | None:
+    def kept_body(self) -> bytes | None:
         """The body, when it was complete and kept as the app was asked (Hooks.keep_bodies)."""
         if self.req_state != REQ_DONE:
             return None

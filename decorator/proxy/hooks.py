@@ -104,7 +104,7 @@ class Exchange:
         has no body and nothing has gone out, so yes; the tunnel's exchanges say for themselves."""
         return True
 
-    def request_body(self) -> bytes | None:
+    def kept_body(self) -> bytes | None:
         """The request's body when the tunnel kept it (see Hooks.keep_bodies), b"" when it had
         none, None when it was not kept. A simulated exchange has no body."""
         return b""
@@ -244,7 +244,7 @@ class Hooks:
     request_interest / response_interest (None: every exchange) say which exchanges the
     hook may act on; the tunnel calls the hook for no other one. `keep_bodies` > 0 asks the
     tunnel to keep a copy of request bodies up to that many bytes that were complete when the
-    app was asked, for a Retry and for `ex.request_body()` (0: nothing is kept).
+    app was asked, for a Retry and for `ex.kept_body()` (0: nothing is kept).
     """
 
     on_request: Callable[[Exchange], Any] | None = None
