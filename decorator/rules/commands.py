@@ -13,7 +13,7 @@ import sys
 from decorator.errors import RulesInvalid, UsageError
 from decorator.proxy.driver import simulate
 from decorator.proxy.hooks import Exchange
-from decorator.rules.compile import PHASES, compile_rules
+from decorator.rules.compile import PHASES, SHADOW, compile_rules
 from decorator.rules.load import YAML_SUFFIXES, load_rules
 from decorator.rules.packtest import CaptureRuntime, run_paths
 
@@ -70,7 +70,8 @@ def _parse_header(text: str, flag: str) -> tuple[bytes, bytes]:
 
 def explain(rules_paths: list[str], request: str, status: int | None = None,
             headers: list[str] | None = None, response_headers: list[str] | None = None) -> int:
-    """Print, for every rule and each phase it acts in, MATCH or every reason it does not."""
+    """Print, for every rule and each phase it acts in, MATCH or every reason it does not; for a
+    shadow rule, also what its actions would have done (nothing of it is applied)."""
     method, _, target = request.strip().partition(" ")
     target = target.strip()
     if not method.isalpha() or not target.startswith("/"):
@@ -119,5 +120,13 @@ def explain(rules_paths: list[str], request: str, status: int | None = None,
             verdict = "MATCH" if not reasons else "no: " + "; ".join(reasons)
             matched += not reasons
             print(f"{cr.name:<{width}}  {phase:<8}  {','.join(actions):<14}  {verdict}   ({cr.loaded.location})")
+        if cr.mode == "shadow":
+            # What the exchange above made the shadow rule's actions say they would have done.
+            whats = [f"{a} would {w}" for r, a, w in runtime.shadowed if r == cr.name]
+            if not whats:
+                shadowed = any(a.startswith(SHADOW) for acts in phases.values() for a in acts)
+                whats = ["its actions would do nothing here" if shadowed else
+                         "observe-only actions (record) run as usual"]
+            print(f"{'':<{width}}  shadow    {'; '.join(whats)}")
     print(f"{matched} {'match' if matched == 1 else 'matches'}, {_plural(len(hooks.rules), 'rule')}")
     return 0

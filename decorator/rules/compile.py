@@ -1,7 +1,8 @@
 """RuleSet -> one `proxy.hooks.Hooks` object: per-phase dispatch tables built once, matched many times.
 
 Owns phase assignment, the status -> method -> first-segment dispatch tables, route naming, action
-isolation (a failing action is logged and counted, never fatal) and hit counting.
+isolation (a failing action is logged and counted, never fatal), hit counting and shadow mode (a
+shadow rule's actions are replaced by their `would`, see actions.registry).
 Imports only `proxy.hooks` from the proxy; never the tunnel.
 """
 
@@ -23,6 +24,7 @@ from decorator.rules.values import status_codes
 log = logging.getLogger("decorator.rules")
 
 PHASES = ("request", "response", "complete")
+SHADOW = "shadow:"  # prefix of a shadowed action's name in traces and error logs
 _STATUS_SLOTS = 1000  # statuses are three digits; 0 means "no response" (errors)
 _LOG_EVERY = 60.0  # seconds between two tracebacks for one rule's failing action
 _REPLIED = "rules.replied"  # ex.state key: a request-phase rule answered, skip the response phase
@@ -39,6 +41,7 @@ class CompiledRule:
         self.name = rule.name
         self.order = order
         self.enabled = rule.enabled
+        self.mode = getattr(rule, "mode", None) or "enforce"
         self.needs_response = loaded.info.needs_response
         self.methods = frozenset(m.method) if m.method else None
         self.path = PathPattern(m.path) if m.path is not None else None
@@ -116,6 +119,34 @@ def _always(ex: Exchange) -> bool:
     return True
 
 
+class _Shadowed:
+    """An action of a shadow rule: in every phase the action has a handler, a handler that asks
+    `would` and reports a would-be effect to `hit` (Runtime.shadow_hit), and never acts. Its
+    response handler returns None, so it never chooses a reply."""
+
+    def __init__(self, act: Any, rule: str, action: str, hit: Callable[[str, str, str, Exchange], None]) -> None:
+        would = act.would
+        self.request = self.response = self.complete = None
+        if act.request is not None:
+            def request(ex: Exchange) -> None:
+                what = would(ex, "request")
+                if what is not None:
+                    hit(rule, action, what, ex)
+            self.request = request
+        if act.response is not None:
+            def response(ex: Exchange, reply: Reply | None) -> None:
+                what = would(ex, "response")
+                if what is not None:
+                    hit(rule, action, what, ex)
+            self.response = response
+        if act.complete is not None:
+            def complete(ex: Exchange) -> None:
+                what = would(ex, "complete")
+                if what is not None:
+                    hit(rule, action, what, ex)
+            self.complete = complete
+
+
 class _Entry:
     """A rule's handlers in one phase."""
 
@@ -153,9 +184,13 @@ class RuleHooks(Hooks):
             lr = cr.loaded
             entries = {p: _Entry(cr) for p in PHASES}
             names: dict[str, list[str]] = {}
+            shadow = cr.mode == "shadow"
             for name, config in lr.rule.actions():
                 cls = ACTIONS[name]
                 act = cls(config, lr.info, lr.prepared.get(name), runtime)
+                if shadow and not cls.observe_only:
+                    act = _Shadowed(act, cr.name, name, runtime.shadow_hit)
+                    name = SHADOW + name
                 if act.request is not None:
                     entries["request"].fns.append((act.request, name))
                     names.setdefault("request", []).append(name)

@@ -14,19 +14,27 @@ from decorator.errors import RulesInvalid
 from decorator.proxy import driver
 from decorator.proxy.driver import Outcome
 from decorator.proxy.hooks import Exchange, Hooks, header_get
-from decorator.rules.compile import compile_rules
+from decorator.rules.compile import SHADOW, compile_rules
 from decorator.rules.load import LoadedTest, load_rules, pack_units
-from decorator.rules.models import Expect, FakeUpstream, TestCase
+from decorator.rules.models import Expect, FakeUpstream, TestCase, shadow_ref
 
 
 class CaptureRuntime(Runtime):
-    """A Runtime that keeps notify events instead of sending them and traces every action run."""
+    """A Runtime that keeps notify events instead of sending them, traces every action run and
+    keeps every shadow hit (rule, action, what it would have done)."""
 
     def __init__(self, pod: str = "test") -> None:
         super().__init__(recorder=None, pod=pod)
         self.events: list[tuple[str, dict, NotifyTarget]] = []
         self.fired: list[tuple[str, str, str]] = []
-        self.trace = lambda rule, action, phase: self.fired.append((rule, action, phase))
+        self.shadowed: list[tuple[str, str, str]] = []
+        # A shadow rule's actions are traced as "shadow:<action>": they ran, but did not act.
+        self.trace = lambda rule, action, phase: (
+            None if action.startswith(SHADOW) else self.fired.append((rule, action, phase)))
+
+    def shadow_hit(self, rule: str, action: str, what: str, ex: Exchange) -> None:
+        super().shadow_hit(rule, action, what, ex)
+        self.shadowed.append((rule, action, what))
 
     def submit(self, rule: str, event: dict, target: NotifyTarget) -> bool:
         self.events.append((rule, event, target))
@@ -95,6 +103,16 @@ def check(expect: Expect, out: Outcome, runtime: CaptureRuntime) -> list[str]:
         got_r = sorted({r for r, a, _ in runtime.fired if a == "record"})
         if got_r != sorted(set(expect.record)):
             problems.append(f"record: expected {sorted(set(expect.record))}, got {got_r}")
+    if expect.shadow is not None:
+        want_rules = sorted({shadow_ref(e)[0] for e in expect.shadow})
+        got_s = sorted({r for r, _, _ in runtime.shadowed})
+        if got_s != want_rules:
+            problems.append(f"shadow: expected would-be actions from {want_rules}, got {got_s}")
+        hit = {(r, a) for r, a, _ in runtime.shadowed}
+        for e in expect.shadow:
+            rule, action = shadow_ref(e)
+            if action is not None and (rule, action) not in hit:
+                problems.append(f"shadow: expected {rule}'s {action} to be a would-be action, it was not")
     return problems
 
 
