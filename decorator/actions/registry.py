@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("decorator.actions")
 
-BUILTIN = ("respond", "headers", "record", "notify")
+BUILTIN = ("respond", "headers", "record", "notify", "redirect", "rewrite", "cors", "ratelimit")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,9 @@ class RuleInfo:
     name: str
     needs_response: bool    # the rule's match reads the response (status, response headers, timing)
     base_dir: str           # directory of the rule's file: relative paths start here
+    path: str | None = None         # the match's path glob ({name} parameters: see actions.params)
+    path_regex: str | None = None   # the match's path_regex (named groups are parameters too)
+    methods: tuple[str, ...] | None = None  # the match's methods (None: every method)
 
 
 class LoadContext(Protocol):

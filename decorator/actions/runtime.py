@@ -20,7 +20,8 @@ log_shadow = logging.getLogger("decorator.rules.shadow")
 
 WARN_EVERY = 60.0  # seconds between two log warnings about one rule's failing webhook
 COUNTER_NAMES = ("rule_hits", "action_errors", "records", "notify_sent", "notify_failed",
-                 "notify_dropped", "notify_suppressed", "shadow_hits")
+                 "notify_dropped", "notify_suppressed", "shadow_hits", "ratelimit_rejected",
+                 "cors_preflights")
 SHADOW_LOG_EVERY = 60.0  # seconds between two log lines about one shadow rule's would-be actions
 
 

@@ -68,6 +68,13 @@ def _parse_header(text: str, flag: str) -> tuple[bytes, bytes]:
     return name.strip().encode("latin-1"), value.strip().encode("latin-1")
 
 
+def _host(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for k, v in headers:
+        if k.lower() == b"host":
+            return v.decode("latin-1")
+    return None
+
+
 def explain(rules_paths: list[str], request: str, status: int | None = None,
             headers: list[str] | None = None, response_headers: list[str] | None = None) -> int:
     """Print, for every rule and each phase it acts in, MATCH or every reason it does not; for a
@@ -98,6 +105,14 @@ def explain(rules_paths: list[str], request: str, status: int | None = None,
         shown_status = "none given (rules on the response see no status)"
     print(f"request: {ex.method} {ex.target}   status: {shown_status}"
           + (f"   route: {ex.route}" if ex.route else ""))
+    sent = outcome.exchange
+    if not by_sidecar:
+        host, sent_host = _host(req_headers), _host(outcome.upstream_headers or [])
+        if sent.target != target or host != sent_host:  # a rewrite: what the app is asked for instead
+            print(f"the app is sent: {sent.method} {sent.target}" + (f"   Host: {sent_host}" if host != sent_host else ""))
+    else:
+        shown = "; ".join(f"{k.decode('latin-1')}: {v.decode('latin-1')}" for k, v in outcome.headers)
+        print(f"the sidecar answers: {outcome.status}" + (f"   {shown}" if shown else ""))
     width = max((len(cr.name) for cr in hooks.rules), default=4)
     matched = 0
     for cr in hooks.rules:

@@ -403,7 +403,9 @@ class _Loader:
                      "be unique across the rule set")
             return
         self.names[rule.name] = name_loc
-        info = RuleInfo(name=rule.name, needs_response=rule.match.needs_response(), base_dir=base_dir)
+        m = rule.match
+        info = RuleInfo(name=rule.name, needs_response=m.needs_response(), base_dir=base_dir, path=m.path,
+                        path_regex=m.path_regex, methods=tuple(m.method) if m.method else None)
         prepared: dict[str, Any] = {}
         before = len(self.errors)
         for name, config in rule.actions():

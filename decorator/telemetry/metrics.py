@@ -42,6 +42,10 @@ KNOWN: dict[str, tuple[str, str, str, str | tuple[str, ...] | None]] = {
                        "Notifications dropped (queue full or rate limited).", "rule"),
     "notify_suppressed": ("decorator_notify_suppressed", "counter",
                           "Notifications held back by a rule's window or threshold.", "rule"),
+    "ratelimit_rejected": ("decorator_ratelimit_rejected", "counter",
+                           "Requests a ratelimit rule answered with 429 (the app never saw them).", "rule"),
+    "cors_preflights": ("decorator_cors_preflights", "counter",
+                        "CORS preflight requests a cors rule answered.", "rule"),
     # {rule: {action: n}}: one series per (rule, action)
     "shadow_hits": ("decorator_rule_shadow_hits", "counter",
                     "Actions a shadow-mode rule would have taken (not applied).", ("rule", "action")),
