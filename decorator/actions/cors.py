@@ -168,15 +168,13 @@ class Cors(Action):
         headers = reply.headers if reply is not None else ex.response_headers
         if headers is None:
             return
+        # On the rule's paths the sidecar's CORS answer replaces whatever the app said.
+        headers = [(k, v) for k, v in headers if k.lower() not in _OWN]
         origin = ex.request_header(b"origin")
         if origin is not None and self.origins.allows(origin.decode("latin-1")):
-            # The sidecar's answer replaces whatever the app said about CORS.
-            headers = [(k, v) for k, v in headers if k.lower() not in _OWN]
             headers += self._allow_origin(origin)
             if self._expose is not None:
                 headers.append(self._expose)
-        else:
-            headers = list(headers)
         if not _has_vary_origin(headers):
             headers.append((b"Vary", b"Origin"))
         if reply is not None:

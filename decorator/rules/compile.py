@@ -249,7 +249,10 @@ class RuleHooks(Hooks):
                 if cr.path.match(path):
                     ex.route = cr.path.pattern
                     break
-        for e in self._req.lookup(ex.method, path):
+        return self._request_rules(self._req.lookup(ex.method, path), ex, path)
+
+    def _request_rules(self, cands: tuple, ex: Exchange, path: str) -> Reply | None:
+        for e in cands:
             if not (e.always or e.matches(ex)):
                 continue
             if e.count_hit:
@@ -264,6 +267,10 @@ class RuleHooks(Hooks):
                     self._trace(e.name, action, "request")
                 if r is not None:
                     return self._replied(ex, r)
+            if ex.path is not path:
+                # A rewrite: the rules after this one are the ones keyed under the new path.
+                later = tuple(c for c in self._req.lookup(ex.method, ex.path) if c.order > e.order)
+                return self._request_rules(later, ex, ex.path)
         return None
 
     def _replied(self, ex: Exchange, reply: Reply) -> Reply:

@@ -264,6 +264,8 @@ class Expect(Strict):
     route: str | None = Field(None, description="Endpoint name (route template) set by the rules.")
     upstream_headers: dict[HeaderName, str | None] = Field(default_factory=dict, description=(
         "Request headers the app receives (after request edits); null = absent."))
+    upstream_target: str | None = Field(None, description=(
+        "The path and ?query the app receives (after rewrites)."))
     fired: list[str] = Field(default_factory=list, description="Rules that must have run an action.")
     not_fired: list[str] = Field(default_factory=list, description="Rules that must not have run.")
     notify: list[str] | None = Field(None, description=(

@@ -42,6 +42,7 @@ class CaptureRuntime(Runtime):
 
 
 _seq = 0
+UPSTREAM_TARGET = "packtest.upstream_target"
 
 
 def simulate(hooks: Hooks | None, method: str, target: str, headers: list[tuple[bytes, bytes]],
@@ -52,7 +53,8 @@ def simulate(hooks: Hooks | None, method: str, target: str, headers: list[tuple[
     upstream = upstream or FakeUpstream()
     ex = Exchange(method, target, "1.1", list(headers), "127.0.0.1", request_id=f"test-{_seq}")
 
-    def app(_: Exchange) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    def app(sent: Exchange) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        sent.state = {**(sent.state or {}), UPSTREAM_TARGET: sent.target}  # what the app was asked for
         return (upstream.status, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers.items()],
                 upstream.body.encode())
 
@@ -81,6 +83,12 @@ def check(expect: Expect, out: Outcome, runtime: CaptureRuntime) -> list[str]:
         elif want != got:
             problems.append(f"upstream header {name}: expected {'absent' if want is None else repr(want)}, "
                             f"got {'absent' if got is None else repr(got)}")
+    if expect.upstream_target is not None:
+        got_t = (out.exchange.state or {}).get(UPSTREAM_TARGET)
+        if got_t is None:
+            problems.append("upstream target: the app was never called (a rule answered)")
+        elif got_t != expect.upstream_target:
+            problems.append(f"upstream target: expected {expect.upstream_target!r}, got {got_t!r}")
     text = out.body.decode("utf-8", "replace")
     if expect.body is not None and text != expect.body:
         problems.append(f"body: expected {_short(expect.body)}, got {_short(text)}")

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -193,6 +194,36 @@ rules:
 """
 
 
+def _free_port_everywhere() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _start(log: Path, env: dict, app_port: int, rules: Path) -> tuple[subprocess.Popen, int, int]:
+    """`decorator run` on two free ports; tried again on other ports when one was taken meanwhile
+    (other processes on the machine take ports too)."""
+    for _ in range(5):
+        port = free_port()
+        admin = _free_port_everywhere()  # the admin port listens on every address
+        if admin == port:
+            continue
+        with open(log, "w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "decorator", "run", "--host", "127.0.0.1", "--port", str(port),
+                 "--admin-port", str(admin), "--target", f"127.0.0.1:{app_port}", "--rules", str(rules),
+                 "--reload-poll", "0"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT)
+        try:
+            wait_port(port, proc)
+            wait_port(admin, proc)
+            return proc, port, admin
+        except RuntimeError:
+            if "address already in use" not in log.read_text():
+                raise AssertionError(log.read_text()) from None
+    raise AssertionError("no free ports: " + log.read_text())
+
+
 def test_a_running_sidecar_shadows_then_enforces_after_an_edit(tmp_path):
     import re
     rules = tmp_path / "rules"
@@ -200,19 +231,9 @@ def test_a_running_sidecar_shadows_then_enforces_after_an_edit(tmp_path):
     (rules / "r.yaml").write_text(RUN_RULES.format(mode="shadow"))
     log = tmp_path / "run.log"
     env = {k: v for k, v in os.environ.items() if k not in ("DASHBOARD", "MOTHERSHIP", "RULES")}
-    with threaded_http_server(_App) as app_port, open(log, "w") as err:
-        port = free_port()  # after the app took its port 0: the kernel could hand out the same one
-        admin = free_port()
-        while admin == port:
-            admin = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "decorator", "run", "--host", "127.0.0.1", "--port", str(port),
-             "--admin-port", str(admin),
-             "--target", f"127.0.0.1:{app_port}", "--rules", str(rules), "--reload-poll", "0"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT)
+    with threaded_http_server(_App) as app_port:
+        proc, port, admin = _start(log, env, app_port, rules)
         try:
-            wait_port(port, proc)
-            wait_port(admin, proc)
             for _ in range(3):
                 assert _get(port, "/shop/cart") == (200, b"from the app")
             status = json.loads(_get(admin, "/status")[1])
