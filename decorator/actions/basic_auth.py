@@ -72,7 +72,7 @@ def parse_htpasswd(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
 @register
 class BasicAuth(Action):
     name = "basic_auth"
-    Config = "decorator.actions.configs_traffic:BasicAuthConfig"
+    Config = "decorator.actions.configs_edge:BasicAuthConfig"
     summary = "HTTP Basic authentication (bcrypt htpasswd): 401 with WWW-Authenticate until the client logs in."
     replies = True
 

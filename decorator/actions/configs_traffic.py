@@ -1,181 +1,175 @@
-"""Config models of fault, basic_auth, forward_auth, mirror and retry (validation and schema.json only).
-
-Kept apart from the action modules, as configs.py is, so a process running validated rules never
-imports pydantic. Imports pydantic, rules.base, units and the action modules' plain helpers; never
-rules.models or proxy.
+"""What redirect, rewrite, ratelimit and cors accept: their pydantic config models (validation and
+schema.json only), kept apart from the action modules as configs.py is, so a serving process never
+imports pydantic. Checks that need the rule (path parameters) live in each action's `prepare`.
+Imports pydantic, rules.base and the action modules' plain helpers; never rules.models or proxy.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
-from decorator.actions.configs import HeaderName
-from decorator.actions.retry import RETRY_CONDITIONS, parse_condition
+from decorator.actions.cors import origin_problem
+from decorator.actions.ratelimit import key_problem, parse_rate
+from decorator.actions.redirect import REDIRECT_STATUSES
 from decorator.rules.base import Duration, Strict
-from decorator.units import size_bytes
+from decorator.rules.values import FRAMING_HEADERS
 
-_PERCENT_PATTERN = r"^\s*\d+(\.\d+)?\s*%?\s*$"
-_SIZE_PATTERN = r"^\s*\d+\s*([kKmM]i?[bB]?)?\s*$"
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HOST = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
 
-def _percent(v: Any) -> Any:
-    """20, 2.5, "20%" -> a float in [0, 100] (the range is the field's check)."""
-    if isinstance(v, str) and re.match(_PERCENT_PATTERN, v):
-        return float(v.strip().rstrip("%").strip())
-    if isinstance(v, int) and not isinstance(v, bool):
-        return float(v)
+def _url_template(v: str) -> str:
+    if any(c.isspace() or ord(c) < 0x20 for c in v):
+        raise ValueError(f"a URL cannot contain spaces or control characters, found {v!r}")
     return v
 
 
-Percent = Annotated[float, BeforeValidator(_percent, json_schema_input_type=(
-    Annotated[float, Field(ge=0, le=100)] | Annotated[str, Field(pattern=_PERCENT_PATTERN)])),
-    Field(ge=0, le=100)]
-"""A share of requests: 5, 0.5 or "5%"."""
+UrlTemplate = Annotated[str, AfterValidator(_url_template)]
 
 
-def _size(v: Any) -> Any:
-    if isinstance(v, str):
-        n = size_bytes(v)
-        if n is None:
-            raise ValueError(f"expected a size such as 65536, 64k or 1m, found {v!r}")
-        return n
-    return v
+# -- redirect ----------------------------------------------------------------------------------
+class RedirectConfig(Strict):
+    """Answer with a redirect before the app is called."""
 
+    to: UrlTemplate = Field(description=(
+        "Where to: an absolute URL or a path. May use the match's path parameters ({page} from "
+        "`path: /docs/{page}`, named groups of `path_regex`) and {path} {query} {method} {route} "
+        "{request_id} {rule}."))
+    status: int = Field(302, json_schema_extra={"enum": list(REDIRECT_STATUSES)}, description=(
+        "301 or 308 (permanent), 302, 303 or 307 (temporary); 307 and 308 keep the method and body."))
+    query: bool = Field(True, description=(
+        "Keep the request's query string (appended, after `&` when `to` has one)."))
 
-Size = Annotated[int, BeforeValidator(_size, json_schema_input_type=(
-    Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=_SIZE_PATTERN)])), Field(ge=0)]
-"""Bytes: 65536, 64k, 1m (k and m are binary)."""
-
-
-def _http_url(v: str) -> str:
-    if not re.match(r"^https?://[^/\s?#]+[^\s]*$", v):
-        raise ValueError(f"expected an http:// or https:// URL, found {v!r}")
-    return v
-
-
-# -- fault -------------------------------------------------------------------------------------
-class FaultConfig(Strict):
-    """Inject faults for chaos testing: delay some requests, answer some with an error instead of
-    the app. The two are decided independently per request (a request may be delayed, then
-    aborted). Delays are timers: the event loop goes on serving other requests meanwhile."""
-
-    delay: Duration | None = Field(None, description="How long to hold the request before it goes on: 200ms, 2s.")
-    delay_percent: Percent = Field(100.0, description="Share of matched requests delayed (0-100). Default 100.")
-    abort: int | None = Field(None, ge=400, le=599, description=(
-        "Status to answer with instead of calling the app (400-599)."))
-    abort_percent: Percent = Field(100.0, description="Share of matched requests aborted (0-100). Default 100.")
-
-    @model_validator(mode="after")
-    def _something(self) -> FaultConfig:
-        if self.delay is None and self.abort is None:
-            raise ValueError("fault needs `delay`, `abort` or both")
-        return self
-
-
-# -- basic_auth --------------------------------------------------------------------------------
-class BasicAuthConfig(Strict):
-    """HTTP Basic authentication: a request without valid credentials gets 401 with
-    WWW-Authenticate and never reaches the app. Passwords are bcrypt hashes (`htpasswd -B`),
-    compared in constant time, off the event loop."""
-
-    realm: str = Field("restricted", pattern=r'^[^"\\\r\n]*$', max_length=200, description=(
-        "Shown by browsers in the login prompt."))
-    users_file: str | None = Field(None, description=(
-        "htpasswd file of user:bcrypt-hash lines (`htpasswd -B -c FILE USER`), relative to the rules "
-        "file. Read at load and on every reload."))
-    users: dict[Annotated[str, Field(pattern=r"^[^:\s]+$")], str] | None = Field(None, description=(
-        "Inline user -> bcrypt hash, e.g. `admin: ${ADMIN_HASH}`; with `users_file`, both count."))
-    forward_credentials: bool = Field(False, description=(
-        "Send the Authorization header on to the app. Default: removed once checked."))
-    user_header: HeaderName | None = Field(None, description=(
-        "Request header that tells the app the authenticated user (e.g. X-Remote-User); a copy "
-        "the client sent is always removed."))
-
-    @model_validator(mode="after")
-    def _some_users(self) -> BasicAuthConfig:
-        if self.users_file is None and self.users is None:
-            raise ValueError("basic_auth needs `users_file`, `users` or both")
-        return self
-
-
-# -- forward_auth ------------------------------------------------------------------------------
-class ForwardAuthConfig(Strict):
-    """Ask an auth service before the app (nginx auth_request, Traefik ForwardAuth): the service
-    gets a GET with the request's headers (no body) and X-Forwarded-Method/-Uri/-Host/-For/-Proto.
-    A 2xx answer lets the request through with `copy_headers` copied from it; any other answer is
-    sent to the client as it is (a 401, a redirect to a login page); a timeout or an unreachable
-    service answers 503 unless `on_error: allow`."""
-
-    url: str = Field(description="The auth service's http(s) URL.")
-    copy_headers: list[HeaderName] = Field(default_factory=list, description=(
-        "Headers of the service's 2xx answer put on the request to the app (e.g. X-User); copies "
-        "the client sent are always removed."))
-    request_headers: list[HeaderName] | None = Field(None, description=(
-        "Only these request headers are sent to the service. Default: all but hop-by-hop ones."))
-    timeout: Duration = Field(2.0, description="How long to wait for the service: 2s, 500ms.")
-    on_error: Literal["deny", "allow"] = Field("deny", description=(
-        "When the service times out or cannot be reached: deny (503, the default) or allow."))
-
-    @field_validator("url")
+    @field_validator("status")
     @classmethod
-    def _url(cls, v: str) -> str:
-        return _http_url(v)
-
-    @field_validator("timeout")
-    @classmethod
-    def _positive(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("expected a timeout longer than 0s")
+    def _status(cls, v: int) -> int:
+        if v not in REDIRECT_STATUSES:
+            raise ValueError(f"expected a redirect status ({', '.join(map(str, REDIRECT_STATUSES))}), found {v}")
         return v
 
 
-# -- mirror ------------------------------------------------------------------------------------
-class MirrorConfig(Strict):
-    """Send a copy of matched requests to another service, fire and forget: its answers are
-    discarded, and a slow or down target never delays or changes the real response (copies are
-    sent after the exchange, from a bounded queue; what does not fit is dropped and counted)."""
-
-    url: str = Field(description=(
-        "Where copies go: scheme, host and port (and an optional path prefix); the request's path "
-        "and query are appended."))
-    percent: Percent = Field(100.0, description="Share of matched requests copied (0-100). Default 100.")
-    max_body: Size = Field(64 * 1024, le=1024 * 1024, description=(
-        "Bodies up to this size are copied (at most 1m); a request with a bigger body, or whose body "
-        "had not fully arrived when the app was asked, is not mirrored (counted)."))
-    timeout: Duration = Field(5.0, description="Per copy sent.")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        return _http_url(v)
-
-
-# -- retry -------------------------------------------------------------------------------------
-def _condition(v: Any) -> Any:
-    if isinstance(v, int) and not isinstance(v, bool) or isinstance(v, str):
-        parse_condition(v)
-        return str(v).strip().lower() if isinstance(v, str) else v
+# -- rewrite -----------------------------------------------------------------------------------
+def _host(v: str) -> str:
+    if not _HOST.match(v):
+        raise ValueError(f"expected a host name with an optional :port (no scheme or path), found {v!r}")
     return v
 
 
-Condition = Annotated[int | str, BeforeValidator(_condition, json_schema_input_type=(
-    Annotated[int, Field(ge=500, le=599)] | Literal[RETRY_CONDITIONS]))]
+class RewriteConfig(Strict):
+    """Change what the app is asked for, before it sees the request (the client is not told)."""
+
+    path: UrlTemplate | None = Field(None, description=(
+        "New path, e.g. /api/v2/{rest} (path parameters and {path} {query} {method} {route} {rule}); "
+        "starts with '/'."))
+    query: UrlTemplate | None = Field(None, description=(
+        "New query string, without '?': \"\" removes it, \"{query}&v=2\" adds to it. Default: kept."))
+    host: Annotated[str, AfterValidator(_host)] | None = Field(None, description=(
+        "New Host header, e.g. api.internal:8080."))
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("/", "{")):
+            raise ValueError(f"a rewritten path starts with '/', found {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _some(self) -> RewriteConfig:
+        if self.path is None and self.query is None and self.host is None:
+            raise ValueError("rewrite needs at least one of path, query, host")
+        return self
 
 
-class RetryConfig(Strict):
-    """Send an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE) to the app again when it
-    answers with one of the listed statuses or cannot be reached. Only requests whose body is
-    small and had fully arrived when the app was asked; never after a byte of the answer went to
-    the client. The budget keeps retries a bounded share of traffic, so a failing app is not hammered."""
+# -- ratelimit ---------------------------------------------------------------------------------
+def _rate(v: Any) -> Any:
+    if isinstance(v, str):
+        parse_rate(v)
+    return v
 
-    attempts: int = Field(2, ge=1, le=5, description="Retries after the first try (1-5). Default 2.")
-    on: list[Condition] = Field(default_factory=lambda: [502, 503, "connect-failure"], min_length=1,
-                                description=(
-        "What is retried: 5xx statuses the app answers, connect-failure (the app cannot be reached) "
-        "and reset (the app closed the connection without answering). Default [502, 503, connect-failure]."))
-    budget: Percent = Field(20.0, description=(
-        "Retries over the last 10 s may be at most this share of the requests the rule matched "
-        "(plus a floor of 3 retries per window). Default 20%."))
+
+def _key(v: Any) -> Any:
+    if isinstance(v, str):
+        problem = key_problem(v)
+        if problem:
+            raise ValueError(problem)
+    return v
+
+
+class RateLimitConfig(Strict):
+    """Limit requests per key with a token bucket (GCRA: one timestamp per key). Over the limit the
+    sidecar answers 429 with Retry-After and the IETF RateLimit-Policy / RateLimit headers; the app
+    never sees a rejected request."""
+
+    rate: Annotated[str, AfterValidator(_rate)] = Field(
+        json_schema_extra={"pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*/\s*([0-9]+(\.[0-9]+)?\s*)?(ms|s|m|h|d)\s*$"},
+        description="Sustained rate: 100/s, 600/m, 5000/h, or per a span such as 10/30s.")
+    burst: int | None = Field(None, ge=1, le=1_000_000, description=(
+        "Requests a key may make at once from idle (the bucket's size). Default: the rate's count "
+        "(100 for 100/s), at least 1."))
+    key: Annotated[str, AfterValidator(_key)] = Field("client", description=(
+        "What shares a bucket: client (the peer address), header:NAME (that header's value; absent "
+        "is one shared key), route (the endpoint), or a JMESPath expression over the request view "
+        "(request.*, route), e.g. request.headers.\"x-api-key\"."))
+    max_keys: int = Field(10_000, ge=1, le=10_000_000, description=(
+        "Keys remembered (least recently used forgotten first), so a scan of client addresses "
+        "cannot grow memory without limit. A forgotten key starts with a full bucket."))
+    headers: bool = Field(False, description=(
+        "Also send RateLimit-Policy / RateLimit on responses that were let through (they are always "
+        "on a 429)."))
+
+
+# -- cors --------------------------------------------------------------------------------------
+def _origin(v: Any) -> Any:
+    if isinstance(v, str):
+        problem = origin_problem(v)
+        if problem:
+            raise ValueError(problem)
+    return v
+
+
+def _method(v: Any) -> Any:
+    if isinstance(v, str):
+        if not re.fullmatch(r"[A-Za-z]+", v.strip()):
+            raise ValueError(f"expected an HTTP method such as GET, found {v!r}")
+        return v.strip().upper()
+    return v
+
+
+def _header_or_star(v: Any) -> Any:
+    if isinstance(v, str) and v != "*":
+        if not _TOKEN.match(v):
+            raise ValueError(f"expected a header name (letters, digits, -) or *, found {v!r}")
+        if v.lower() in FRAMING_HEADERS:
+            raise ValueError(f"header {v!r} is the proxy's own framing")
+    return v
+
+
+Origin = Annotated[str, AfterValidator(_origin)]
+CorsMethod = Annotated[str, BeforeValidator(_method, json_schema_input_type=Annotated[str, Field(
+    pattern=r"^[A-Za-z]+$")])]
+CorsHeader = Annotated[str, AfterValidator(_header_or_star)]
+
+
+class CorsConfig(Strict):
+    """Cross-origin resource sharing: preflight OPTIONS requests are answered by the sidecar (the app
+    never sees them); other requests from an allowed Origin get the Access-Control-* headers.
+    `Vary: Origin` is always set."""
+
+    origins: list[Origin] = Field(min_length=1, description=(
+        "Allowed origins, e.g. https://app.example.com; https://*.example.com for its subdomains; "
+        "* for any (not with credentials)."))
+    methods: list[CorsMethod] = Field(default_factory=lambda: ["GET", "HEAD", "POST"], min_length=1,
+                                      description="Methods a preflight may ask for.")
+    headers: list[CorsHeader] = Field(default_factory=list, description=(
+        "Request headers a preflight may ask for (besides the CORS-safelisted ones); * for any "
+        "(not with credentials)."))
+    expose_headers: list[CorsHeader] = Field(default_factory=list, description=(
+        "Response headers the browser's script may read (Access-Control-Expose-Headers)."))
+    credentials: bool = Field(False, description=(
+        "Allow cookies and Authorization (Access-Control-Allow-Credentials: true); needs listed "
+        "origins, not *."))
+    max_age: Duration | None = Field(None, description=(
+        "How long a browser may cache a preflight answer, e.g. 10m (Access-Control-Max-Age)."))

@@ -18,7 +18,7 @@ from decorator.proxy.hooks import Exchange, Reply
 @register
 class Fault(Action):
     name = "fault"
-    Config = "decorator.actions.configs_traffic:FaultConfig"
+    Config = "decorator.actions.configs_edge:FaultConfig"
     summary = "Inject faults: delay and/or abort a share of matched requests (chaos testing)."
     replies = True
 

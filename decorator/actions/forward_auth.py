@@ -30,7 +30,7 @@ _WARN_EVERY = 60.0
 @register
 class ForwardAuth(Action):
     name = "forward_auth"
-    Config = "decorator.actions.configs_traffic:ForwardAuthConfig"
+    Config = "decorator.actions.configs_edge:ForwardAuthConfig"
     summary = "Ask an auth service first: 2xx lets the request through (copy_headers), anything else is the answer."
     replies = True
 

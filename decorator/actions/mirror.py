@@ -22,7 +22,7 @@ _NOT_COPIED = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te
 @register
 class Mirror(Action):
     name = "mirror"
-    Config = "decorator.actions.configs_traffic:MirrorConfig"
+    Config = "decorator.actions.configs_edge:MirrorConfig"
     summary = "Send a copy of matched requests to another URL (fire and forget, bounded queue, sampled)."
 
     def __init__(self, config: Any, rule: RuleInfo, prepared: Any, runtime: Any) -> None:

@@ -79,7 +79,7 @@ class Budget:
 @register
 class RetryAction(Action):
     name = "retry"
-    Config = "decorator.actions.configs_traffic:RetryConfig"
+    Config = "decorator.actions.configs_edge:RetryConfig"
     summary = ("Send idempotent requests to the app again on 502/503/connect failures (attempts, "
                "budget as a share of traffic).")
     replies = True

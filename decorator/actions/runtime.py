@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("decorator.notify")
+log_shadow = logging.getLogger("decorator.rules.shadow")
 
 WARN_EVERY = 60.0  # seconds between two log warnings about one rule's failing webhook
 COUNTER_NAMES = ("rule_hits", "action_errors", "records", "notify_sent", "notify_failed",
-                 "notify_dropped", "notify_suppressed", "fault_delays", "fault_aborts", "auth_allowed",
-                 "auth_denied", "auth_errors", "mirror_sent", "mirror_failed", "mirror_dropped",
-                 "mirror_skipped", "retries", "retry_budget_exhausted", "retry_not_resendable")
+                 "notify_dropped", "notify_suppressed", "shadow_hits", "ratelimit_rejected",
+                 "cors_preflights", "fault_delays", "fault_aborts", "auth_allowed", "auth_denied", "auth_errors",
+                 "mirror_sent", "mirror_failed", "mirror_dropped", "mirror_skipped", "retries",
+                 "retry_budget_exhausted", "retry_not_resendable")
+SHADOW_LOG_EVERY = 60.0  # seconds between two log lines about one shadow rule's would-be actions
 AUTH_BODY_MAX = 64 * 1024  # an auth service's denial body is passed on up to this size
 
 
@@ -41,7 +44,8 @@ class NotifyTarget:
 class Runtime:
     """Once per process: `await start()` before serving, `await close()` on the way out.
 
-    counters: plain dicts {rule name: count} read by telemetry at scrape time.
+    counters: plain dicts {rule name: count} read by telemetry at scrape time; "shadow_hits" is
+    {rule name: {action: count}}.
     """
 
     def __init__(self, recorder: Any = None, pod: str = "", *, queue_size: int = 1000,
@@ -72,6 +76,7 @@ class Runtime:
         self._inflight: set[asyncio.Task] = set()
         self._action_state: dict[tuple, dict] = {}
         self._warned: dict[str, float] = {}
+        self._shadow_logged: dict[str, tuple[float, int]] = {}  # rule -> (last line, hits since)
 
     def state_for(self, key: tuple) -> dict:
         """Per-process state an action keeps across reloads (a notify cooldown must not restart
@@ -81,6 +86,24 @@ class Runtime:
     def count(self, counter: str, rule: str, n: int = 1) -> None:
         d = self.counters[counter]
         d[rule] = d.get(rule, 0) + n
+
+    def shadow_hit(self, rule: str, action: str, what: str, ex: Any) -> None:
+        """A shadow rule's action would have done `what` to exchange `ex`: count it, and log it
+        with the request id (one line per rule per minute, saying how many were not logged)."""
+        by_action = self.counters["shadow_hits"].get(rule)
+        if by_action is None:
+            by_action = self.counters["shadow_hits"][rule] = {}
+        by_action[action] = by_action.get(action, 0) + 1
+        now = time.monotonic()
+        last, quiet = self._shadow_logged.get(rule, (-SHADOW_LOG_EVERY, 0))
+        if now - last < SHADOW_LOG_EVERY:
+            self._shadow_logged[rule] = (last, quiet + 1)
+            return
+        self._shadow_logged[rule] = (now, 0)
+        if log_shadow.isEnabledFor(logging.INFO):
+            more = f" ({quiet} more since the last line)" if quiet else ""
+            log_shadow.info("shadow rule %s: %s would %s for %s %s (request %s)%s", rule, action, what,
+                            ex.method, ex.path, ex.request_id, more)
 
     # -- request path side: never waits -------------------------------------------------------
     def submit(self, rule: str, event: dict, target: NotifyTarget) -> bool:

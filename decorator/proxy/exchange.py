@@ -238,6 +238,10 @@ class Flow(Exchange):
         self.connect_task: asyncio.Task | None = None
         self.finished = False
 
+    def set_target(self, target: str) -> None:
+        Exchange.set_target(self, target)
+        self.burl = target.encode("ascii")  # what _upstream_head puts on the app's request line
+
     # ---- moves (the table lookup inline, not a call: these run several times per exchange)
     def _req(self, new: int) -> None:
         if not (_REQ_MOVES[self.req_state] >> new) & 1:

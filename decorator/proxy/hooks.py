@@ -38,8 +38,9 @@ class Exchange:
     accounting as the exchange goes. Hooks may read everything, may edit `request_headers` in
     `on_request` and `response_headers` in `on_response_head` (in place or by assigning a new list:
     the tunnel re-applies its own rules to whatever a hook was given, so a hop-by-hop or framing
-    field a hook adds never reaches the other side), may set `route` (the endpoint name telemetry
-    uses) and keep their own data in `state`.
+    field a hook adds never reaches the other side), may change the request target the app is
+    sent with `set_target` in `on_request`, may set `route` (the endpoint name telemetry uses) and
+    keep their own data in `state`.
     """
 
     __slots__ = (
@@ -95,6 +96,17 @@ class Exchange:
         self.route: str | None = None        # endpoint name (route template) set by hooks
         self.state: dict | None = None       # hooks' scratch space for this exchange
         self.upgraded = False                # became a raw tunnel after 101
+
+    def set_target(self, target: str) -> None:
+        """Send the app `target` ("/path?query") instead of what the client asked for (`on_request`
+        only); `path` and `query` follow. Checked here, so a hook cannot put a space, a control
+        character or a non-ASCII byte on the request line: ValueError (the hook failed)."""
+        if not target.startswith("/") or not target.isascii() or any(c <= " " or c == "\x7f" for c in target):
+            raise ValueError(f"a request target is '/' then printable ASCII without spaces, got {target!r}")
+        self.target = target
+        q = target.find("?")
+        self.path = target if q < 0 else target[:q]
+        self.query = "" if q < 0 else target[q + 1:]
 
     def request_header(self, name: bytes) -> bytes | None:
         return header_get(self.request_headers, name)
