@@ -124,6 +124,23 @@ class BasicAuth(Action):
         self._cost = next(iter(self._users.values()))[4:6] if self._users else b"10"
         self.request = self._check
 
+    def would(self, ex: Exchange, phase: str) -> str | None:
+        """Shadow mode: whether the request would be challenged. bcrypt is not run for it (a
+        shadow rule does no work on the request's behalf): credentials not yet verified by the
+        enforcing rule count as would-be 401s, saying so."""
+        value = ex.request_header(b"authorization")
+        if value is None or value[:6].lower() != b"basic ":
+            return "answer 401 (no Basic credentials)"
+        if hmac.new(self._secret, value, hashlib.sha256).digest() in self._verified:
+            return None
+        try:
+            user = base64.b64decode(value[6:].strip(), validate=True).partition(b":")[0].decode("utf-8", "replace")
+        except (binascii.Error, ValueError):
+            return "answer 401 (malformed credentials)"
+        if user not in self._users:
+            return f"answer 401 (unknown user {user!r})"
+        return f"answer 401 unless {user!r}'s password is right (not checked in shadow mode)"
+
     def _deny(self) -> Reply:
         self.runtime.count("auth_denied", self.rule.name)
         return Reply(401, list(self._challenge), b"401 Unauthorized\n")

@@ -44,15 +44,27 @@ class Fault(Action):
             self._body = f"{self._abort} {phrase} (fault injected by rule {rule.name})\n".encode()
         self.request = self._fault
 
-    def _fault(self, ex: Exchange) -> Any:
+    def _draw(self) -> tuple[bool, bool]:
         # Two independent draws: "1% aborted" holds whatever share is delayed.
         delay = self._delay is not None and (self._delay_p >= 1.0 or self._random() < self._delay_p)
         abort = self._abort is not None and (self._abort_p >= 1.0 or self._random() < self._abort_p)
+        return delay and self._delay > 0, abort
+
+    def would(self, ex: Exchange, phase: str) -> str | None:
+        """Shadow mode: the same draws, said instead of done."""
+        delay, abort = self._draw()
+        what = [f"delay {self._delay * 1000:g}ms"] if delay else []
+        if abort:
+            what.append(f"answer {self._abort}")
+        return " then ".join(what) or None
+
+    def _fault(self, ex: Exchange) -> Any:
+        delay, abort = self._draw()
         reply = None
         if abort:
             self.runtime.count("fault_aborts", self.rule.name)
             reply = Reply(self._abort, [(b"Content-Type", b"text/plain; charset=utf-8")], self._body)
-        if delay and self._delay > 0:
+        if delay:
             self.runtime.count("fault_delays", self.rule.name)
             return _after(self._delay, reply)
         return reply

@@ -53,6 +53,10 @@ class ForwardAuth(Action):
         self._warned = -_WARN_EVERY
         self.request = self._ask
 
+    def would(self, ex: Exchange, phase: str) -> str | None:
+        """Shadow mode sends nothing, so the service is not asked: say that it would be."""
+        return f"ask {self._url} (its non-2xx answer would be the client's)"
+
     def _ask(self, ex: Exchange) -> Any:
         only = self._only
         headers = [(k, v) for k, v in ex.request_headers

@@ -35,6 +35,12 @@ class Mirror(Action):
         self.keep_body = config.max_body
         self.complete = self._copy
 
+    def would(self, ex: Exchange, phase: str) -> str | None:
+        """Shadow mode: the same sampling; nothing is sent."""
+        if self._p < 1.0 and self._random() >= self._p:
+            return None
+        return f"copy {ex.method} to {self._base}{ex.target}"
+
     def _copy(self, ex: Exchange) -> None:
         if self._p < 1.0 and self._random() >= self._p:
             return

@@ -112,6 +112,17 @@ class RetryAction(Action):
         self.keep_body = BODY_MAX
         self.response = self._decide
 
+    def would(self, ex: Exchange, phase: str) -> str | None:
+        """Shadow mode: whether the first answer would be retried. The budget is spent as if it
+        were (so switching to enforce starts from what shadow mode measured); nothing is re-sent."""
+        self._budget.request()
+        err = ex.error
+        if (ex.status not in self._statuses) if err is None else (err not in self._errors):
+            return None
+        if ex.method not in IDEMPOTENT or not ex.can_resend() or not self._budget.try_retry():
+            return None
+        return f"send the request again (after {err or ex.status})"
+
     def _decide(self, ex: Exchange, reply: Reply | None) -> Retry | None:
         st = ex.state
         n = 0 if st is None else st.get(_KEY, 0)

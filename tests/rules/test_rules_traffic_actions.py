@@ -505,3 +505,52 @@ def test_retry_rule_matching_on_the_response_is_a_located_error(write):
     """)
     errors = errors_of(path)
     assert any("did you mean 'connect-failure'" in e and ":4:" in e for e in errors), errors
+
+
+# ----------------------------------------------------------------------------- shadow mode
+async def test_shadow_mode_for_each_action_applies_nothing_and_counts(stack, htpasswd, auth):
+    target = await Service(lambda *a: (200, {}, b"")).start()
+    try:
+        s = await stack("""
+            mode: shadow
+            rules:
+              - name: chaos
+                match: { path: "/chaos/**" }
+                fault: { delay: 5s, abort: 503 }
+              - name: guard
+                match: { path: "/admin/**" }
+                basic_auth: { users_file: admin.htpasswd }
+              - name: sso
+                match: { path: "/app/**" }
+                forward_auth: { url: "${AUTH}/verify", copy_headers: [X-User] }
+              - name: copy
+                match: { path: "/api/**" }
+                mirror: { url: "${T}" }
+              - name: again
+                match: { path: "/fail/**" }
+                retry: { attempts: 2, on: [503] }
+        """, env={"AUTH": auth.url, "T": target.url})
+        r = await s.client.get("/chaos/x")
+        assert r.status_code == 200  # not aborted, and not delayed by 5s (the client's timeout is 10s)
+        r = await s.client.get("/admin/x")
+        assert r.status_code == 200 and "www-authenticate" not in r.headers
+        r = await s.client.get("/app/x", headers={"X-User": "client-said"})
+        assert r.status_code == 200 and r.headers["x-seen-user"] == "client-said"
+        assert auth.got == []  # shadow mode sends nothing
+        r = await s.client.get("/api/x")
+        assert r.status_code == 200
+        r = await s.client.get("/fail/1/s")
+        assert r.status_code == 503 and s.app.fails["s"] == 1  # not retried
+        await asyncio.sleep(0.1)
+        assert target.got == []
+        assert s.rt.counters["shadow_hits"] == {
+            "chaos": {"fault": 1}, "guard": {"basic_auth": 1}, "sso": {"forward_auth": 1},
+            "copy": {"mirror": 1}, "again": {"retry": 1}}
+        for counter in ("fault_aborts", "fault_delays", "auth_denied", "auth_allowed", "mirror_sent", "retries"):
+            assert s.rt.counters[counter] == {}, counter
+        # Credentials the rule would accept are not a would-be 401 once the enforcing path verified them;
+        # without a verification, shadow mode says why it counts one.
+        r = await s.client.get("/admin/y", headers=basic("nobody", "x"))
+        assert r.status_code == 200 and s.rt.counters["shadow_hits"]["guard"] == {"basic_auth": 2}
+    finally:
+        await target.close()
