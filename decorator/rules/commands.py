@@ -15,6 +15,7 @@ from decorator.proxy.driver import simulate
 from decorator.proxy.hooks import Exchange
 from decorator.rules.compile import PHASES, SHADOW, compile_rules
 from decorator.rules.load import YAML_SUFFIXES, load_rules
+from decorator.rules.models import FakeUpstream
 from decorator.rules.packtest import CaptureRuntime, run_paths
 
 
@@ -86,7 +87,8 @@ def explain(rules_paths: list[str], request: str, status: int | None = None,
     req_headers = [_parse_header(h, "--header") for h in headers or []]
     resp_headers = [_parse_header(h, "--response-header") for h in response_headers or []]
     rs = load_rules(rules_paths)
-    runtime = CaptureRuntime()
+    # forward_auth services are not called: explain assumes they let the request through (said below).
+    runtime = CaptureRuntime(auth_answer=FakeUpstream(status=200))
     hooks = compile_rules(rs, runtime)
     # The exchange runs first, by the tunnel's own driver: a rule that answers in the request phase
     # decides the status the later phases see (a maintenance 503 does fire the 5xx alert).
@@ -143,5 +145,13 @@ def explain(rules_paths: list[str], request: str, status: int | None = None,
                 whats = ["its actions would do nothing here" if shadowed else
                          "observe-only actions (record) run as usual"]
             print(f"{'':<{width}}  shadow    {'; '.join(whats)}")
+    for url in runtime.auth_asked:
+        print(f"note: forward_auth would ask {url}; explain does not call it and assumes a 2xx")
+    for rule, m, url in runtime.mirrored:
+        print(f"note: {rule} would send a copy: {m} {url}")
+    retries = sum(runtime.counters["retries"].values())
+    if retries:
+        print(f"note: retry rules would send the request again {_plural(retries, 'time')} "
+              f"(the app answers {app_status} every time here)")
     print(f"{matched} {'match' if matched == 1 else 'matches'}, {_plural(len(hooks.rules), 'rule')}")
     return 0

@@ -29,6 +29,7 @@ class CaptureRuntime(Runtime):
         self.events: list[tuple[str, dict, NotifyTarget]] = []
         self.mirrored: list[tuple[str, str, str]] = []
         self.auth_answer = auth_answer
+        self.auth_asked: list[str] = []
         self.fired: list[tuple[str, str, str]] = []
         self.shadowed: list[tuple[str, str, str]] = []
         # A shadow rule's actions are traced as "shadow:<action>": they ran, but did not act.
@@ -48,6 +49,7 @@ class CaptureRuntime(Runtime):
         return True
 
     async def auth_request(self, url: str, headers: list, timeout: float) -> tuple[int, list, bytes]:
+        self.auth_asked.append(url)
         a = self.auth_answer
         if a is None:
             raise ServiceError("no forward_auth answer in this test case (add `forward_auth:` to it)")

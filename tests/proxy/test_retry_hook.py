@@ -149,3 +149,23 @@ def test_simulate_follows_retry_like_the_tunnel():
     out = driver.simulate(RetryOn(times=1000), Exchange("GET", "/s", "1.1", [], "c"),
                           lambda ex: (503, [], b""))
     assert out.status == 503
+
+
+class KeepBodies(Hooks):
+    def __init__(self, keep: int) -> None:
+        self.keep_bodies = keep
+        self.kept: list = []
+
+    def on_complete(self, ex: Exchange) -> None:
+        self.kept.append(ex.kept_body())
+
+
+async def test_kept_body_is_there_for_a_completion_hook_only_when_asked(upstream, make_proxy):
+    for keep, want in ((1024, [b"hello", b"", None]), (0, [None, b"", None])):
+        hooks = KeepBodies(keep)
+        px = await make_proxy(upstream.port, hooks=hooks)
+        await roundtrip(px.port, b"POST /in HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        await roundtrip(px.port, b"GET /in HTTP/1.1\r\nHost: a\r\n\r\n")
+        # A body bigger than what the hooks asked for is not kept.
+        await roundtrip(px.port, b"POST /in HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n" + b"x" * 2000)
+        assert hooks.kept == want, keep

@@ -554,3 +554,33 @@ async def test_shadow_mode_for_each_action_applies_nothing_and_counts(stack, htp
         assert r.status_code == 200 and s.rt.counters["shadow_hits"]["guard"] == {"basic_auth": 2}
     finally:
         await target.close()
+
+
+# ----------------------------------------------------------------------------- explain
+def test_explain_says_what_the_new_actions_would_do(write):
+    import subprocess
+    import sys
+    path = write("r.yaml", """
+        rules:
+          - name: sso
+            match: { path: "/app/**" }
+            forward_auth: { url: "http://auth.internal/verify" }
+          - name: copy
+            mirror: { url: "http://staging:8080" }
+          - name: again
+            retry: { attempts: 2, on: [503] }
+          - name: chaos
+            match: { path: "/api/**" }
+            fault: { abort: 500 }
+    """)
+    r = subprocess.run([sys.executable, "-m", "decorator", "explain", "--rules", path, "GET /app/x?y=1", "--status",
+                        "503"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "sso" in out and "forward_auth    MATCH" in out
+    assert "note: forward_auth would ask http://auth.internal/verify; explain does not call it" in out
+    assert "note: copy would send a copy: GET http://staging:8080/app/x?y=1" in out
+    assert "note: retry rules would send the request again 2 times" in out
+    r = subprocess.run([sys.executable, "-m", "decorator", "explain", "--rules", path, "GET /api/x"],
+                       capture_output=True, text=True, timeout=60)
+    assert "status: 500 (answered by the sidecar: the app is not called)" in r.stdout, r.stdout
