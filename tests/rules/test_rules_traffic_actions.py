@@ -584,3 +584,46 @@ def test_explain_says_what_the_new_actions_would_do(write):
     r = subprocess.run([sys.executable, "-m", "decorator", "explain", "--rules", path, "GET /api/x"],
                        capture_output=True, text=True, timeout=60)
     assert "status: 500 (answered by the sidecar: the app is not called)" in r.stdout, r.stdout
+
+
+# ----------------------------------------------------------------------------- decorator test
+def test_pack_tests_fake_the_auth_service_capture_copies_and_count_retries(write):
+    from decorator.rules.packtest import run_paths
+    path = write("pack.yaml.d/p.yaml", """
+        rules:
+          - name: sso
+            match: { path: "/app/**" }
+            forward_auth: { url: "http://auth/verify", copy_headers: [X-User] }
+          - name: copy
+            match: { path: "/api/**" }
+            mirror: { url: "http://staging:8080" }
+          - name: again
+            retry: { attempts: 2, on: [503] }
+        tests:
+          - name: the service allows and names the user
+            request: GET /app/x
+            forward_auth: { status: 200, headers: { X-User: alice } }
+            expect: { status: 200, upstream_headers: { X-User: alice } }
+          - name: the service's denial is the answer
+            request: GET /app/x
+            forward_auth: { status: 302, headers: { Location: /login } }
+            expect: { status: 302, headers: { Location: /login } }
+          - name: no answer given counts as unreachable
+            request: GET /app/x
+            expect: { status: 503 }
+          - name: copies are captured
+            request: GET /api/x
+            expect: { mirror: [copy] }
+          - name: retried against the fake app
+            request: GET /api/x
+            upstream: { status: 503 }
+            expect: { status: 503, retries: 2, mirror: [copy] }
+          - name: a failing expectation is reported
+            request: GET /other
+            expect: { retries: 1, mirror: [copy] }
+    """)
+    lines: list[str] = []
+    passed, failed, broken = run_paths([path], out=lines.append)
+    assert (passed, failed, broken) == (5, 1, 0), lines
+    text = "\n".join(lines)
+    assert "retries: expected 1, got 0" in text and "mirror: expected copies from ['copy'], got []" in text
