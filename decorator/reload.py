@@ -294,6 +294,8 @@ def _describe(digest: str, obj: Any) -> dict:
     if rules is not None:
         out["rules"] = len(rules)
         out["names"] = [getattr(r, "name", None) for r in rules]
+        # Rules in shadow mode (their would-be actions are in rule_counters.shadow_hits).
+        out["shadow"] = [r.name for r in rules if getattr(r, "mode", None) == "shadow"]
     notes = getattr(rs, "notes", None)
     if notes:
         out["notes"] = list(notes)

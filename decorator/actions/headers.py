@@ -78,6 +78,9 @@ class HeadersAction(Action):
             self._resp = _Compiled(config.response)
             self.response = self._edit_response
 
+    def would(self, ex: Exchange, phase: str) -> str:
+        return "edit the request headers" if phase == "request" else "edit the response headers"
+
     def _edit_request(self, ex: Exchange) -> None:
         ex.request_headers = self._req.apply(ex.request_headers, ex, self.rule.name, 0)
 

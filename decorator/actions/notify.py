@@ -63,6 +63,10 @@ class Notify(Action):
         self._clock = runtime.clock
         self.complete = self._notify
 
+    def would(self, ex: Exchange, phase: str) -> str:
+        # Cooldown and threshold are not simulated: a shadow rule counts every match it would report.
+        return f"POST a rule.matched event to {self._target.url}"
+
     def _notify(self, ex: Exchange) -> None:
         now = self._clock()
         values = None

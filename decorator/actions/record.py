@@ -28,6 +28,7 @@ class Record(Action):
     name = "record"
     Config = "decorator.actions.configs:RecordConfig"
     summary = "Record timing/status/size of the exchange into telemetry (at completion)."
+    observe_only = True  # runs as usual in shadow rules: it changes nothing
 
     def __init__(self, config: Any, rule: RuleInfo, prepared: Any, runtime: Any) -> None:
         super().__init__(config, rule, prepared, runtime)

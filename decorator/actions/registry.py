@@ -3,6 +3,15 @@
 An action is a class with a YAML key (`name`), a pydantic `Config`, a load-time `prepare` and
 per-phase handlers. Imports only proxy.hooks; never pydantic (a built-in names its Config as
 "module:Class", resolved by `config_model` when the models are built), rules.models or the tunnel.
+
+Shadow mode (a rule's `mode: shadow`) is part of the contract, so every action gets it by
+following it: the compiler never calls a shadow rule's handlers; in each phase where the action
+has a handler it calls `would(ex, phase)` instead, and counts and logs what that returns (the
+action's "would-be" effect) in decorator_rule_shadow_hits_total{rule,action}. The default says
+the action would act whenever the rule matches; an action whose effect depends on more than the
+match overrides `would` (ratelimit: only when the key's bucket is empty; cors: only for an
+allowed Origin). Actions that only observe (`observe_only = True`, e.g. `record`) run as usual
+in shadow mode.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("decorator.actions")
 
-BUILTIN = ("respond", "headers", "record", "notify")
+BUILTIN = ("respond", "headers", "record", "notify", "redirect", "rewrite", "cors", "ratelimit", "fault",
+           "basic_auth", "forward_auth", "mirror", "retry")
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,9 @@ class RuleInfo:
     name: str
     needs_response: bool    # the rule's match reads the response (status, response headers, timing)
     base_dir: str           # directory of the rule's file: relative paths start here
+    path: str | None = None         # the match's path glob ({name} parameters: see actions.params)
+    path_regex: str | None = None   # the match's path_regex (named groups are parameters too)
+    methods: tuple[str, ...] | None = None  # the match's methods (None: every method)
 
 
 class LoadContext(Protocol):
@@ -60,14 +73,26 @@ class Action:
       reply was chosen, else `ex.response_headers`) and return None.
     - `complete(ex) -> None`: the exchange is over (ex.status is what the client got).
 
-    Handlers run on the event loop: they must never block or await. A handler that raises is
-    logged and counted in runtime.counters["action_errors"][rule]; the exchange goes on.
+    Handlers run on the event loop: they must never block. A request handler that must wait (a
+    timer, a call to a service, work in a thread) returns an awaitable of `Reply | None`; the
+    exchange is held until it resolves, then the rule set goes on. A response handler may return
+    `proxy.hooks.Retry` (only when `ex.can_resend()`): the request goes to the app again, and no
+    header edit applies to the dropped answer. `keep_body` (bytes, set in __init__) asks the
+    tunnel to keep request bodies up to that size (for a Retry, and `ex.kept_body()` in the
+    complete phase). A handler that raises is logged and counted in
+    runtime.counters["action_errors"][rule]; the exchange goes on.
+
+    Shadow mode: `observe_only = True` for an action with no effect on the exchange or the
+    outside world (it then runs unchanged in shadow rules). Every other action is shadowed: see
+    `would`.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[Strict] | str]  # the model, or "module:Class" to import it only when needed
     summary: ClassVar[str] = ""
     replies: ClassVar[bool] = False
+    keep_body: int = 0
+    observe_only: ClassVar[bool] = False
 
     request: Callable[[Exchange], Reply | None] | None = None
     response: Callable[[Exchange, Reply | None], Reply | None] | None = None
@@ -88,6 +113,17 @@ class Action:
         self.rule = rule
         self.prepared = prepared
         self.runtime = runtime
+
+    def would(self, ex: Exchange, phase: str) -> str | None:
+        """Shadow mode, called instead of the handler of `phase` ("request", "response" or
+        "complete") when the rule matched: a short text saying what the handler would do to `ex`
+        (counted, logged, shown by `decorator explain`), or None when it would do nothing.
+
+        It must not change the exchange, answer, or send anything. It may keep the action's own
+        bookkeeping as if enforcing (a rate limiter takes its token), so that switching the rule
+        to `enforce` starts from the state shadow mode measured. The default: the action would
+        act whenever the rule matches."""
+        return self.name
 
 
 ACTIONS: dict[str, type[Action]] = {}

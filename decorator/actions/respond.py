@@ -74,6 +74,10 @@ class Respond(Action):
         else:
             self.request = self._respond_request
 
+    def would(self, ex: Exchange, phase: str) -> str:
+        what = f"file {self.config.file}" if self.config.file is not None else "an inline body"
+        return f"answer {self._status or ex.status or 200} with {what}"
+
     def _respond_request(self, ex: Exchange) -> Reply:
         return self._reply(ex, self._status or 200)
 

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from decorator.proxy.hooks import Exchange, Headers, Hooks, Reply
+from decorator.proxy.hooks import MAX_RESENDS, Exchange, Headers, Hooks, Reply, Retry
 from decorator.proxy.http import HOP_BY_HOP, connection_tokens
 
 # A hook's failure is reported here: (the hook, the exchange); the tunnel logs and counts.
@@ -48,7 +48,8 @@ def request_phase(hooks: Hooks, ex: Exchange, on_error: OnError) -> Any:
 
 def response_phase(hooks: Hooks | None, ex: Exchange, on_error: OnError) -> Any:
     """Run on_response_head for the head in ex (status, response_headers) if it wants it: the Reply
-    that replaces the response, None (the hook saw, and may have edited, the headers), or NOT_CALLED."""
+    that replaces the response, a Retry, None (the hook saw, and may have edited, the headers), or
+    NOT_CALLED."""
     if hooks is None:
         return NOT_CALLED
     return _call(hooks.on_response_head, hooks.response_interest, ex.status, ex, on_error)
@@ -123,10 +124,18 @@ def simulate(hooks: Hooks | None, ex: Exchange, app: App, on_error: OnError = _n
             # Unlike the tunnel's, these headers never went through check_request: always cleaned.
             ex.request_headers = clean_headers(ex.request_headers)
     if reply is None:
-        seen_by_app = list(ex.request_headers)
-        ex.status, ex.response_headers, body = app(ex)
-        ex.t_response = ex.t_start
-        r = response_phase(hooks, ex, on_error)
+        resends = 0
+        while True:
+            seen_by_app = list(ex.request_headers)
+            ex.status, ex.response_headers, body = app(ex)
+            ex.t_response = ex.t_start
+            r = response_phase(hooks, ex, on_error)
+            if type(r) is not Retry:
+                break
+            if resends >= MAX_RESENDS or not ex.can_resend():
+                r = None  # as in the tunnel: a Retry that cannot be honoured counts as None
+                break
+            resends += 1  # the app is asked again, as the tunnel would
         if r is None:
             ex.response_headers = clean_headers(ex.response_headers)
         elif r is not NOT_CALLED:

@@ -46,7 +46,8 @@ cdef class Flow(Exchange):
     cdef public long long buffered, discarded
     cdef public int req_state, up_state, resp_state
     cdef public double t_sent, t_last_up
-    cdef public bint out_chunked, close_after, retried, finished
+    cdef public bint out_chunked, close_after, finished
+    cdef public int retried
     cpdef _open(self, Downstream conn, bytes method, bytes url, str version, RequestFraming framing,
                 str request_id)
     cpdef _req(self, int new)

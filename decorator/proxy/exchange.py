@@ -34,7 +34,7 @@ from decorator.proxy.http import (
     chunk,
     status_line,
 )
-from decorator.proxy.hooks import Exchange, Hooks, Reply
+from decorator.proxy.hooks import MAX_RESENDS, Exchange, Hooks, Reply, Retry
 from decorator.proxy.upstream import UpstreamConnection
 
 log = logging.getLogger("decorator.proxy")
@@ -77,12 +77,14 @@ def _moves(side: int, table: dict[int, tuple[int, ...]]) -> tuple[int, ...]:
 # Every legal move, in one place. Anything else is a bug in the tunnel and raises.
 MOVES = (
     _moves(0, {REQ_BODY: (REQ_DONE,)}),
+    # UP_DONE -> UP_CONNECTING: a response hook's Retry after the sidecar's own 502/504.
     _moves(1, {UP_NONE: (UP_CONNECTING, UP_WAITING, UP_DONE),
                UP_CONNECTING: (UP_WAITING, UP_DONE),
                UP_WAITING: (UP_CONNECTING, UP_WAITING, UP_BODY, UP_DISCARD, UP_TUNNEL, UP_DONE),
                UP_BODY: (UP_DISCARD, UP_DONE),
                UP_DISCARD: (UP_DONE,),
-               UP_TUNNEL: (UP_DONE,)}),
+               UP_TUNNEL: (UP_DONE,),
+               UP_DONE: (UP_CONNECTING,)}),
     _moves(2, {RESP_NONE: (RESP_APP, RESP_REPLY, RESP_TUNNEL, RESP_ABORTED),
                RESP_APP: (RESP_DONE, RESP_ABORTED),
                RESP_REPLY: (RESP_DONE, RESP_ABORTED),
@@ -236,10 +238,14 @@ class Flow(Exchange):
         self.discarded = 0
         self.reject: tuple[int, str] | None = None
         self.upgrade_buf = b""
-        self.retried = False
+        self.retried = 0                           # times the request was sent to the app again
         self.up_head = b""
         self.connect_task: asyncio.Task | None = None
         self.finished = False
+
+    def set_target(self, target: str) -> None:
+        Exchange.set_target(self, target)
+        self.burl = target.encode("ascii")  # what _upstream_head puts on the app's request line
 
     # ---- moves (the table lookup inline, not a call: these run several times per exchange)
     def _req(self, new: int) -> None:
@@ -427,6 +433,8 @@ class Flow(Exchange):
             self.body_buf = None
             self.buffered = 0
             data += chunk(body) if framing.chunked else body  # type: ignore[union-attr]
+            if self.req_state == REQ_DONE and self.hooks is not None and len(body) <= self.hooks.keep_bodies:
+                self.body_buf = [body]  # kept: for a Retry, and for ex.kept_body()
         if self.req_state == REQ_DONE and framing.chunked:  # type: ignore[union-attr]
             data += LAST_CHUNK
         self.t_sent = self.t_last_up = _monotonic()
@@ -481,12 +489,16 @@ class Flow(Exchange):
             if reply is None:
                 self._clean_response_headers(rf)  # a hook had the headers
             elif reply is not NOT_CALLED:
-                self._up(UP_DISCARD)
-                self.send_reply(reply)
-                if head_only:  # no app body will follow: the exchange ends with the reply
-                    self._release_upstream(rf.keep_alive and self.req_state == REQ_DONE)
-                    self._maybe_finish()
-                return
+                if type(reply) is not Retry:
+                    self._up(UP_DISCARD)
+                    self.send_reply(reply)
+                    if head_only:  # no app body will follow: the exchange ends with the reply
+                        self._release_upstream(rf.keep_alive and self.req_state == REQ_DONE)
+                        self._maybe_finish()
+                    return
+                if self._resend():
+                    return
+                self._clean_response_headers(rf)  # not possible: as if the hook returned None
         self._write_response_head(rf)
         if head_only:
             self._release_upstream(rf.keep_alive and self.req_state == REQ_DONE)
@@ -628,13 +640,9 @@ class Flow(Exchange):
         if st == UP_WAITING:
             # A pooled connection the app had already closed: retry once when nothing is lost by it.
             if reused and not answered and not self.retried and self.bytes_in == 0 and self.bmethod in _IDEMPOTENT:
-                self.retried = True
+                self.retried = 1
                 self._up(UP_CONNECTING)
-                up = self.server.pool.take_idle()
-                if up is not None:
-                    self._attach(up)
-                else:
-                    self.connect_task = asyncio.ensure_future(self._connect())
+                self._connect_again()
                 return
             self.server.stats["upstream_errors"] += 1
             self.error = "upstream_closed"
@@ -647,6 +655,52 @@ class Flow(Exchange):
         self._up(UP_DONE)
         self.conn.flush()
         self.conn.abort()
+
+    def _connect_again(self) -> None:
+        up = self.server.pool.take_idle()
+        if up is not None:
+            self._attach(up)
+        else:
+            self.connect_task = asyncio.ensure_future(self._connect())
+
+    def can_resend(self) -> bool:
+        """Whether the request can go to the app again now (a response hook's Retry): nothing of a
+        response went to the client and the app can be given the whole request once more."""
+        if (self.resp_state != RESP_NONE or self.finished or self.replaced or self.conn.closed
+                or self.retried >= MAX_RESENDS or self.framing is None or self.framing.upgrade is not None):
+            return False
+        if self.t_sent == 0.0:
+            return True  # the app never got any of it: the body so far is still in body_buf
+        return self.req_state == REQ_DONE and (self.bytes_in == 0 or self.body_buf is not None)
+
+    def kept_body(self) -> bytes | None:
+        """The body, when it was complete and kept as the app was asked (Hooks.keep_bodies)."""
+        if self.req_state != REQ_DONE:
+            return None
+        if self.bytes_in == 0:
+            return b""
+        if self.t_sent == 0.0 or self.body_buf is None:
+            return None  # answered before the app was asked (the body was dropped), or not kept
+        return self.body_buf[0] if len(self.body_buf) == 1 else b"".join(self.body_buf)
+
+    def _resend(self) -> bool:
+        """A response hook returned Retry: drop this answer (and its connection) and ask the app
+        again. False when the request cannot be sent again (then the answer goes out)."""
+        if not self.can_resend():
+            return False
+        self.retried += 1
+        up = self.up
+        if up is not None:
+            self.up = None
+            self.server.pool.discard(up)  # its unread answer goes with it
+        self.status = 0
+        self.response_headers = None
+        self.resp = None
+        self.t_response = 0.0
+        self.error = None
+        self._up(UP_CONNECTING)
+        self._connect_again()
+        return True
 
     # ---- replies made here: hooks' replies and the sidecar's own errors
     def send_reply(self, reply: Reply) -> None:
@@ -739,18 +793,22 @@ class Flow(Exchange):
                 self.connect_task.cancel()
                 self.connect_task = None
             self._release_upstream(False)
-        if status in (400, 408, 414, 431) or self.req_state != REQ_DONE:
-            self.close_after = True
         message = replies.MESSAGES.get(status, "") if status >= 500 or detail is None else detail
         reply = Reply(status, [(b"Content-Type", b"text/plain; charset=utf-8")], replies.error_body(status, message))
         hooks = self.hooks
         if status >= 500 and hooks is not None:
-            # Rules may replace the sidecar's own 502/504 as they would the app's (a friendly 5xx page).
+            # Rules may replace the sidecar's own 502/504 as they would the app's (a friendly 5xx
+            # page), or ask for the request to be sent again (Retry, e.g. after a connect failure).
             self.status = status
             self.response_headers = reply.headers
             custom = response_phase(hooks, self, self.server.on_hook_error)
             if custom is not None and custom is not NOT_CALLED:
-                reply = custom
+                if type(custom) is not Retry:
+                    reply = custom
+                elif self._resend():
+                    return
+        if status in (400, 408, 414, 431) or self.req_state != REQ_DONE:
+            self.close_after = True
         self.send_reply(reply)
 
     # ---- the end

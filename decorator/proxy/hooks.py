@@ -1,4 +1,4 @@
-"""The contract between the tunnel and whatever decorates it: Exchange, Reply, Hooks, Interest, chain().
+"""The contract between the tunnel and whatever decorates it: Exchange, Reply, Retry, Hooks, Interest, chain().
 
 Owns the per-exchange record hooks see, the three hook points and which exchanges each wants, and
 how several Hooks run as one (each part isolated). Must not import rules, actions, telemetry or pydantic.
@@ -38,8 +38,9 @@ class Exchange:
     accounting as the exchange goes. Hooks may read everything, may edit `request_headers` in
     `on_request` and `response_headers` in `on_response_head` (in place or by assigning a new list:
     the tunnel re-applies its own rules to whatever a hook was given, so a hop-by-hop or framing
-    field a hook adds never reaches the other side), may set `route` (the endpoint name telemetry
-    uses) and keep their own data in `state`.
+    field a hook adds never reaches the other side), may change the request target the app is
+    sent with `set_target` in `on_request`, may set `route` (the endpoint name telemetry uses) and
+    keep their own data in `state`.
     """
 
     __slots__ = (
@@ -96,8 +97,29 @@ class Exchange:
         self.state: dict | None = None       # hooks' scratch space for this exchange
         self.upgraded = False                # became a raw tunnel after 101
 
+    def set_target(self, target: str) -> None:
+        """Send the app `target` ("/path?query") instead of what the client asked for (`on_request`
+        only); `path` and `query` follow. Checked here, so a hook cannot put a space, a control
+        character or a non-ASCII byte on the request line: ValueError (the hook failed)."""
+        if not target.startswith("/") or not target.isascii() or any(c <= " " or c == "\x7f" for c in target):
+            raise ValueError(f"a request target is '/' then printable ASCII without spaces, got {target!r}")
+        self.target = target
+        q = target.find("?")
+        self.path = target if q < 0 else target[:q]
+        self.query = "" if q < 0 else target[q + 1:]
+
     def request_header(self, name: bytes) -> bytes | None:
         return header_get(self.request_headers, name)
+
+    def can_resend(self) -> bool:
+        """Whether a response hook's Retry would be honoured now (see Retry). A simulated exchange
+        has no body and nothing has gone out, so yes; the tunnel's exchanges say for themselves."""
+        return True
+
+    def kept_body(self) -> bytes | None:
+        """The request's body when the tunnel kept it (see Hooks.keep_bodies), b"" when it had
+        none, None when it was not kept. A simulated exchange has no body."""
+        return b""
 
     def response_header(self, name: bytes) -> bytes | None:
         return header_get(self.response_headers, name) if self.response_headers else None
@@ -135,6 +157,28 @@ class Reply:
         self.headers = headers if headers is not None else []
         self.body = body
         self.file = file
+
+
+# A hook asking again and again is a bug; the exchange stops honouring Retry after this many.
+MAX_RESENDS = 10
+
+
+class Retry:
+    """What `on_response_head` returns to have the request sent to the app again instead of
+    answering with this response (the app's answer, or the sidecar's own 502/504 with `ex.error`
+    saying why, is dropped; the response phase runs again on the next answer).
+
+    Honoured only while `ex.can_resend()`: nothing of the response went to the client, the request
+    is not an Upgrade, and the app can be given the whole request again (it got none of it, or the
+    request had no body, or the tunnel kept its body: see Hooks.keep_bodies). Otherwise, and
+    after MAX_RESENDS, it counts as None.
+    Which requests are safe to send twice (idempotent methods) is the hook's call.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
 
 
 _NOT_NAMED = object()
@@ -197,9 +241,10 @@ class Hooks:
     on_request(ex) -> Reply | None | Awaitable[Reply | None]
         the request head is complete, before the app is called; a Reply answers directly.
         Return an awaitable only for work that must wait; the tunnel then runs it as a task.
-    on_response_head(ex) -> Reply | None
+    on_response_head(ex) -> Reply | Retry | None
         the response head is known (ex.status, ex.response_headers): the app's, or the sidecar's
-        own 502/504; a Reply replaces it (the app's body is read and dropped).
+        own 502/504; a Reply replaces it (the app's body is read and dropped); a Retry sends the
+        request to the app again when `ex.can_resend()` (see Retry).
     on_complete(ex) -> None
         the exchange is over (also after errors: ex.error says why); ex.status is what the client got.
 
@@ -209,7 +254,9 @@ class Hooks:
     (a reload) never changes an exchange in flight.
 
     request_interest / response_interest (None: every exchange) say which exchanges the
-    hook may act on; the tunnel calls the hook for no other one.
+    hook may act on; the tunnel calls the hook for no other one. `keep_bodies` > 0 asks the
+    tunnel to keep a copy of request bodies up to that many bytes that were complete when the
+    app was asked, for a Retry and for `ex.kept_body()` (0: nothing is kept).
     """
 
     on_request: Callable[[Exchange], Any] | None = None
@@ -217,6 +264,7 @@ class Hooks:
     on_complete: Callable[[Exchange], None] | None = None
     request_interest: Interest | None = None
     response_interest: Interest | None = None
+    keep_bodies: int = 0
 
 
 def hook_name(fn: Any) -> str:
@@ -235,6 +283,7 @@ class ChainedHooks(Hooks):
         req = [(p.on_request, p.request_interest) for p in self.parts if p.on_request is not None]
         resp = [(p.on_response_head, p.response_interest) for p in self.parts if p.on_response_head is not None]
         done = [p.on_complete for p in self.parts if p.on_complete is not None]
+        self.keep_bodies = max(p.keep_bodies for p in self.parts) if self.parts else 0
         if req:
             self._req = tuple(req)
             self.on_request = self._on_request
@@ -281,7 +330,7 @@ class ChainedHooks(Hooks):
                 r = await r  # a later part waits too (its own wait runs the parts after it)
         return r
 
-    def _on_response_head(self, ex: Exchange) -> Reply | None:
+    def _on_response_head(self, ex: Exchange) -> Reply | Retry | None:
         for fn, interest in self._resp:
             if interest is not None and not interest.wants(ex.status, ex.path):
                 continue

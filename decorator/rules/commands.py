@@ -13,8 +13,9 @@ import sys
 from decorator.errors import RulesInvalid, UsageError
 from decorator.proxy.driver import simulate
 from decorator.proxy.hooks import Exchange
-from decorator.rules.compile import PHASES, compile_rules
+from decorator.rules.compile import PHASES, SHADOW, compile_rules
 from decorator.rules.load import YAML_SUFFIXES, load_rules
+from decorator.rules.models import FakeUpstream
 from decorator.rules.packtest import CaptureRuntime, run_paths
 
 
@@ -68,9 +69,17 @@ def _parse_header(text: str, flag: str) -> tuple[bytes, bytes]:
     return name.strip().encode("latin-1"), value.strip().encode("latin-1")
 
 
+def _host(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for k, v in headers:
+        if k.lower() == b"host":
+            return v.decode("latin-1")
+    return None
+
+
 def explain(rules_paths: list[str], request: str, status: int | None = None,
             headers: list[str] | None = None, response_headers: list[str] | None = None) -> int:
-    """Print, for every rule and each phase it acts in, MATCH or every reason it does not."""
+    """Print, for every rule and each phase it acts in, MATCH or every reason it does not; for a
+    shadow rule, also what its actions would have done (nothing of it is applied)."""
     method, _, target = request.strip().partition(" ")
     target = target.strip()
     if not method.isalpha() or not target.startswith("/"):
@@ -78,7 +87,8 @@ def explain(rules_paths: list[str], request: str, status: int | None = None,
     req_headers = [_parse_header(h, "--header") for h in headers or []]
     resp_headers = [_parse_header(h, "--response-header") for h in response_headers or []]
     rs = load_rules(rules_paths)
-    runtime = CaptureRuntime()
+    # forward_auth services are not called: explain assumes they let the request through (said below).
+    runtime = CaptureRuntime(auth_answer=FakeUpstream(status=200))
     hooks = compile_rules(rs, runtime)
     # The exchange runs first, by the tunnel's own driver: a rule that answers in the request phase
     # decides the status the later phases see (a maintenance 503 does fire the 5xx alert).
@@ -97,6 +107,14 @@ def explain(rules_paths: list[str], request: str, status: int | None = None,
         shown_status = "none given (rules on the response see no status)"
     print(f"request: {ex.method} {ex.target}   status: {shown_status}"
           + (f"   route: {ex.route}" if ex.route else ""))
+    sent = outcome.exchange
+    if not by_sidecar:
+        host, sent_host = _host(req_headers), _host(outcome.upstream_headers or [])
+        if sent.target != target or host != sent_host:  # a rewrite: what the app is asked for instead
+            print(f"the app is sent: {sent.method} {sent.target}" + (f"   Host: {sent_host}" if host != sent_host else ""))
+    else:
+        shown = "; ".join(f"{k.decode('latin-1')}: {v.decode('latin-1')}" for k, v in outcome.headers)
+        print(f"the sidecar answers: {outcome.status}" + (f"   {shown}" if shown else ""))
     width = max((len(cr.name) for cr in hooks.rules), default=4)
     matched = 0
     for cr in hooks.rules:
@@ -119,5 +137,21 @@ def explain(rules_paths: list[str], request: str, status: int | None = None,
             verdict = "MATCH" if not reasons else "no: " + "; ".join(reasons)
             matched += not reasons
             print(f"{cr.name:<{width}}  {phase:<8}  {','.join(actions):<14}  {verdict}   ({cr.loaded.location})")
+        if cr.mode == "shadow":
+            # What the exchange above made the shadow rule's actions say they would have done.
+            whats = [f"{a} would {w}" for r, a, w in runtime.shadowed if r == cr.name]
+            if not whats:
+                shadowed = any(a.startswith(SHADOW) for acts in phases.values() for a in acts)
+                whats = ["its actions would do nothing here" if shadowed else
+                         "observe-only actions (record) run as usual"]
+            print(f"{'':<{width}}  shadow    {'; '.join(whats)}")
+    for url in runtime.auth_asked:
+        print(f"note: forward_auth would ask {url}; explain does not call it and assumes a 2xx")
+    for rule, m, url in runtime.mirrored:
+        print(f"note: {rule} would send a copy: {m} {url}")
+    retries = sum(runtime.counters["retries"].values())
+    if retries:
+        print(f"note: retry rules would send the request again {_plural(retries, 'time')} "
+              f"(the app answers {app_status} every time here)")
     print(f"{matched} {'match' if matched == 1 else 'matches'}, {_plural(len(hooks.rules), 'rule')}")
     return 0

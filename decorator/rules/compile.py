@@ -1,7 +1,8 @@
 """RuleSet -> one `proxy.hooks.Hooks` object: per-phase dispatch tables built once, matched many times.
 
 Owns phase assignment, the status -> method -> first-segment dispatch tables, route naming, action
-isolation (a failing action is logged and counted, never fatal) and hit counting.
+isolation (a failing action is logged and counted, never fatal), hit counting and shadow mode (a
+shadow rule's actions are replaced by their `would`, see actions.registry).
 Imports only `proxy.hooks` from the proxy; never the tunnel.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 
 from decorator.actions.registry import ACTIONS
 from decorator.actions.runtime import Runtime
-from decorator.proxy.hooks import Exchange, Hooks, Interest, Reply, first_segment
+from decorator.proxy.hooks import Exchange, Hooks, Interest, Reply, Retry, first_segment
 from decorator.rules.match import HeaderCheck, PathIndex, PathPattern, exchange_view, regex_key
 from decorator.rules.ruleset import LoadedRule, RuleSet, plain_ruleset
 from decorator.rules.values import status_codes
@@ -23,6 +24,7 @@ from decorator.rules.values import status_codes
 log = logging.getLogger("decorator.rules")
 
 PHASES = ("request", "response", "complete")
+SHADOW = "shadow:"  # prefix of a shadowed action's name in traces and error logs
 _STATUS_SLOTS = 1000  # statuses are three digits; 0 means "no response" (errors)
 _LOG_EVERY = 60.0  # seconds between two tracebacks for one rule's failing action
 _REPLIED = "rules.replied"  # ex.state key: a request-phase rule answered, skip the response phase
@@ -39,6 +41,7 @@ class CompiledRule:
         self.name = rule.name
         self.order = order
         self.enabled = rule.enabled
+        self.mode = getattr(rule, "mode", None) or "enforce"
         self.needs_response = loaded.info.needs_response
         self.methods = frozenset(m.method) if m.method else None
         self.path = PathPattern(m.path) if m.path is not None else None
@@ -116,6 +119,34 @@ def _always(ex: Exchange) -> bool:
     return True
 
 
+class _Shadowed:
+    """An action of a shadow rule: in every phase the action has a handler, a handler that asks
+    `would` and reports a would-be effect to `hit` (Runtime.shadow_hit), and never acts. Its
+    response handler returns None, so it never chooses a reply."""
+
+    def __init__(self, act: Any, rule: str, action: str, hit: Callable[[str, str, str, Exchange], None]) -> None:
+        would = act.would
+        self.request = self.response = self.complete = None
+        if act.request is not None:
+            def request(ex: Exchange) -> None:
+                what = would(ex, "request")
+                if what is not None:
+                    hit(rule, action, what, ex)
+            self.request = request
+        if act.response is not None:
+            def response(ex: Exchange, reply: Reply | None) -> None:
+                what = would(ex, "response")
+                if what is not None:
+                    hit(rule, action, what, ex)
+            self.response = response
+        if act.complete is not None:
+            def complete(ex: Exchange) -> None:
+                what = would(ex, "complete")
+                if what is not None:
+                    hit(rule, action, what, ex)
+            self.complete = complete
+
+
 class _Entry:
     """A rule's handlers in one phase."""
 
@@ -153,9 +184,15 @@ class RuleHooks(Hooks):
             lr = cr.loaded
             entries = {p: _Entry(cr) for p in PHASES}
             names: dict[str, list[str]] = {}
+            shadow = cr.mode == "shadow"
             for name, config in lr.rule.actions():
                 cls = ACTIONS[name]
                 act = cls(config, lr.info, lr.prepared.get(name), runtime)
+                if shadow and not cls.observe_only:
+                    act = _Shadowed(act, cr.name, name, runtime.shadow_hit)
+                    name = SHADOW + name
+                elif act.keep_body > self.keep_bodies and cr.enabled:
+                    self.keep_bodies = act.keep_body  # the tunnel keeps request bodies this small
                 if act.request is not None:
                     entries["request"].fns.append((act.request, name))
                     names.setdefault("request", []).append(name)
@@ -214,7 +251,10 @@ class RuleHooks(Hooks):
                 if cr.path.match(path):
                     ex.route = cr.path.pattern
                     break
-        for e in self._req.lookup(ex.method, path):
+        return self._request_rules(self._req.lookup(ex.method, path), ex, path)
+
+    def _request_rules(self, cands: tuple, ex: Exchange, path: str) -> Reply | None:
+        for e in cands:
             if not (e.always or e.matches(ex)):
                 continue
             if e.count_hit:
@@ -228,8 +268,51 @@ class RuleHooks(Hooks):
                 if self._trace is not None:
                     self._trace(e.name, action, "request")
                 if r is not None:
-                    return self._replied(ex, r)
+                    if type(r) is Reply:
+                        return self._replied(ex, r)
+                    return self._wait(ex, r, e, fn, action, cands, path)
+            if ex.path is not path:
+                # A rewrite: the rules after this one are the ones keyed under the new path.
+                later = tuple(c for c in self._req.lookup(ex.method, ex.path) if c.order > e.order)
+                return self._request_rules(later, ex, ex.path)
         return None
+
+    async def _wait(self, ex: Exchange, pending: Any, e: _Entry, fn: Callable, action: str,
+                    cands: tuple, path: str) -> Reply | None:
+        """An action answered with an awaitable (it waits for a timer or a service): the tunnel
+        holds the exchange until it resolves; then the rule's other actions and the later rules
+        run, as _request_rules would have run them."""
+        r = await self._settle(pending, e.name, action)
+        if r is not None:
+            return self._replied(ex, r)
+        rest = e.fns[e.fns.index((fn, action)) + 1:]
+        for fn, action in rest:
+            try:
+                r = fn(ex)
+            except Exception:  # isolated: _failed logs the traceback and counts
+                self._failed(e.name, action, "request")
+                continue
+            if self._trace is not None:
+                self._trace(e.name, action, "request")
+            if r is not None:
+                if type(r) is not Reply:
+                    r = await self._settle(r, e.name, action)
+                    if r is None:
+                        continue
+                return self._replied(ex, r)
+        if ex.path is not path:  # a rewrite: the later rules are the ones keyed under the new path
+            cands = self._req.lookup(ex.method, ex.path)
+        r = self._request_rules(tuple(c for c in cands if c.order > e.order), ex, ex.path)
+        if r is not None and type(r) is not Reply:
+            r = await r
+        return r
+
+    async def _settle(self, pending: Any, rule: str, action: str) -> Reply | None:
+        try:
+            return await pending
+        except Exception:  # isolated, as a failing plain action
+            self._failed(rule, action, "request")
+            return None
 
     def _replied(self, ex: Exchange, reply: Reply) -> Reply:
         """A request-phase answer still gets the response-phase header edits (security headers on
@@ -272,8 +355,9 @@ class RuleHooks(Hooks):
                 if edits is None:
                     edits = []
                 edits.append(e)
-        # Header edits go last so they apply to what is actually sent (the app's or the reply).
-        if edits is not None:
+        # Header edits go last so they apply to what is actually sent (the app's or the reply);
+        # none when the request goes to the app again (Retry): this answer is dropped.
+        if edits is not None and type(reply) is not Retry:
             for e in edits:
                 for fn, action in e.editors:
                     self._call_response(e, fn, action, ex, reply)

@@ -29,7 +29,7 @@ from decorator.errors import Location, RuleError, RulesInvalid
 from decorator.packs import resolve
 from decorator.packs.lock import LockEntry, LockFile, index_keys
 from decorator.packs.manifest import MANIFESTS, PackManifest, check_value, parse_range, parse_version, suggest
-from decorator.rules.models import Include, Rule, RulesDocument, TestCase, _include_shorthand
+from decorator.rules.models import Include, Rule, RulesDocument, TestCase, _include_shorthand, shadow_ref
 from decorator.rules.ruleset import LoadedRule, RuleSet
 from decorator.rules.values import VarText
 
@@ -655,14 +655,17 @@ class _Loader:
             return
         self._includes(model.include, src, base_dir, stack)
         for i, rule in enumerate(model.rules):
+            if rule.mode is None:  # the file's default, else enforce: compile sees it settled
+                rule = rule.model_copy(update={"mode": model.mode or "enforce"})
             self._rule(rule, i, src, base_dir)
         for i, case in enumerate(model.tests if self.collect_tests else ()):
             if self.pack is not None:
                 case = self._qualified_case(case)
             ex = case.expect
-            refs = [(name, src.loc(("tests", i, "expect", key, j)))
+            refs = [(shadow_ref(name)[0] if key == "shadow" else name, src.loc(("tests", i, "expect", key, j)))
                     for key, names in (("fired", ex.fired), ("not_fired", ex.not_fired),
-                                       ("notify", ex.notify or []), ("record", ex.record or []))
+                                       ("notify", ex.notify or []), ("record", ex.record or []),
+                                       ("shadow", ex.shadow or []))
                     for j, name in enumerate(names)]
             self.tests.append(LoadedTest(case, src.loc(("tests", i)), refs))
 
@@ -711,7 +714,9 @@ class _Loader:
                      "be unique across the rule set")
             return
         self.names[rule.name] = name_loc
-        info = RuleInfo(name=rule.name, needs_response=rule.match.needs_response(), base_dir=base_dir)
+        m = rule.match
+        info = RuleInfo(name=rule.name, needs_response=m.needs_response(), base_dir=base_dir, path=m.path,
+                        path_regex=m.path_regex, methods=tuple(m.method) if m.method else None)
         prepared: dict[str, Any] = {}
         before = len(self.errors)
         for name, config in rule.actions():

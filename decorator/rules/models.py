@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import jmespath
 from jmespath.exceptions import JMESPathError
@@ -187,6 +187,7 @@ class Match(Strict):
 
 
 # -- rule --------------------------------------------------------------------------------------
+Mode = Literal["enforce", "shadow"]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 
 
@@ -197,6 +198,11 @@ class RuleBase(Strict):
     enabled: bool = Field(True, description=(
         "false switches the rule off (e.g. `enabled: ${MAINTENANCE:-false}`)."))
     match: Match = Field(default_factory=Match, description="Conditions; absent = every exchange.")
+    mode: Mode | None = Field(None, description=(
+        "enforce: the actions act. shadow: conditions are evaluated and what the actions would do is "
+        "counted (decorator_rule_shadow_hits_total), logged and shown in /status, but nothing is "
+        "applied (observe-only actions such as `record` still run). Default: the file's `mode:`, "
+        "else enforce."))
 
     @model_validator(mode="after")
     def _has_action(self) -> RuleBase:
@@ -258,11 +264,29 @@ class Expect(Strict):
     route: str | None = Field(None, description="Endpoint name (route template) set by the rules.")
     upstream_headers: dict[HeaderName, str | None] = Field(default_factory=dict, description=(
         "Request headers the app receives (after request edits); null = absent."))
+    upstream_target: str | None = Field(None, description=(
+        "The path and ?query the app receives (after rewrites)."))
     fired: list[str] = Field(default_factory=list, description="Rules that must have run an action.")
     not_fired: list[str] = Field(default_factory=list, description="Rules that must not have run.")
     notify: list[str] | None = Field(None, description=(
         "Exactly the rules that sent a notify event (over all repeats); [] = none."))
     record: list[str] | None = Field(None, description="Exactly the rules that recorded.")
+    mirror: list[str] | None = Field(None, description=(
+        "Exactly the rules that sent a mirror copy (over all repeats); [] = none."))
+    retries: int | None = Field(None, ge=0, description=(
+        "Times the request was sent to the app again by retry rules (over all repeats)."))
+    shadow: list[str] | None = Field(None, description=(
+        "Exactly the shadow-mode rules that would have acted (over all repeats); [] = none. "
+        "An entry `rule:action` also names the action."))
+
+
+def shadow_ref(entry: str) -> tuple[str, str | None]:
+    """An `expect.shadow` entry -> (rule, action or None): "rule" or "rule:action" (rule names may
+    hold ':' themselves; the part after the last one is an action only when it names one)."""
+    rule, sep, action = entry.rpartition(":")
+    if sep and rule and action in ACTIONS:
+        return rule, action
+    return entry, None
 
 
 class TestCase(Strict):
@@ -275,6 +299,9 @@ class TestCase(Strict):
     request: Annotated[TestRequest, BeforeValidator(_request_shorthand, json_schema_input_type=(
         Annotated[str, Field(pattern=r"^[A-Za-z]+ /")] | TestRequest))]
     upstream: FakeUpstream = Field(default_factory=FakeUpstream, description="Default: 200, empty body.")
+    forward_auth: FakeUpstream | None = Field(None, description=(
+        "What the forward_auth service answers in this case. Without it the service counts as "
+        "unreachable (503, or the request goes on with `on_error: allow`)."))
     env: dict[str, str] = Field(default_factory=dict, description=(
         "Variables for ${...} in the rules while this case runs (the rules are reloaded with them)."))
     repeat: int = Field(1, ge=1, le=1000, description="Send the request this many times (thresholds).")
@@ -345,6 +372,9 @@ class RulesDocument(Strict):
 
     vars: dict[VarName, Scalar] = Field(default_factory=dict, description=(
         "Values for ${NAME} in this file (looked up before the environment)."))
+    mode: Mode | None = Field(None, description=(
+        "Default `mode` of this file's rules (enforce or shadow); a rule's own `mode` wins. "
+        "Included files keep their own."))
     include: list[Annotated[Include, BeforeValidator(_include_shorthand, json_schema_input_type=(
         str | Include))]] = Field(default_factory=list, description="Files or packs to load first.")
     rules: list[Rule] = Field(default_factory=list, description="Rules, applied in order.")  # type: ignore[valid-type]

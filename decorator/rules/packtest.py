@@ -9,31 +9,56 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from decorator.actions.runtime import NotifyTarget, Runtime
+from decorator.actions.runtime import NotifyTarget, Runtime, ServiceError
 from decorator.errors import RulesInvalid
 from decorator.proxy import driver
 from decorator.proxy.driver import Outcome
 from decorator.proxy.hooks import Exchange, Hooks, header_get
-from decorator.rules.compile import compile_rules
+from decorator.rules.compile import SHADOW, compile_rules
 from decorator.rules.load import LoadedTest, load_rules, pack_units
-from decorator.rules.models import Expect, FakeUpstream, TestCase
+from decorator.rules.models import Expect, FakeUpstream, TestCase, shadow_ref
 
 
 class CaptureRuntime(Runtime):
-    """A Runtime that keeps notify events instead of sending them and traces every action run."""
+    """A Runtime that keeps notify events and mirror copies instead of sending them, answers
+    forward_auth from the test case, traces every action run and keeps every shadow hit (rule,
+    action, what it would have done)."""
 
-    def __init__(self, pod: str = "test") -> None:
+    def __init__(self, pod: str = "test", auth_answer: FakeUpstream | None = None) -> None:
         super().__init__(recorder=None, pod=pod)
         self.events: list[tuple[str, dict, NotifyTarget]] = []
+        self.mirrored: list[tuple[str, str, str]] = []
+        self.auth_answer = auth_answer
+        self.auth_asked: list[str] = []
         self.fired: list[tuple[str, str, str]] = []
-        self.trace = lambda rule, action, phase: self.fired.append((rule, action, phase))
+        self.shadowed: list[tuple[str, str, str]] = []
+        # A shadow rule's actions are traced as "shadow:<action>": they ran, but did not act.
+        self.trace = lambda rule, action, phase: (
+            None if action.startswith(SHADOW) else self.fired.append((rule, action, phase)))
+
+    def shadow_hit(self, rule: str, action: str, what: str, ex: Exchange) -> None:
+        super().shadow_hit(rule, action, what, ex)
+        self.shadowed.append((rule, action, what))
 
     def submit(self, rule: str, event: dict, target: NotifyTarget) -> bool:
         self.events.append((rule, event, target))
         return True
 
+    def mirror(self, rule: str, method: str, url: str, headers: list, body: bytes, timeout: float) -> bool:
+        self.mirrored.append((rule, method, url))
+        return True
+
+    async def auth_request(self, url: str, headers: list, timeout: float) -> tuple[int, list, bytes]:
+        self.auth_asked.append(url)
+        a = self.auth_answer
+        if a is None:
+            raise ServiceError("no forward_auth answer in this test case (add `forward_auth:` to it)")
+        return (a.status, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in a.headers.items()],
+                a.body.encode())
+
 
 _seq = 0
+UPSTREAM_TARGET = "packtest.upstream_target"
 
 
 def simulate(hooks: Hooks | None, method: str, target: str, headers: list[tuple[bytes, bytes]],
@@ -44,7 +69,8 @@ def simulate(hooks: Hooks | None, method: str, target: str, headers: list[tuple[
     upstream = upstream or FakeUpstream()
     ex = Exchange(method, target, "1.1", list(headers), "127.0.0.1", request_id=f"test-{_seq}")
 
-    def app(_: Exchange) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    def app(sent: Exchange) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        sent.state = {**(sent.state or {}), UPSTREAM_TARGET: sent.target}  # what the app was asked for
         return (upstream.status, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers.items()],
                 upstream.body.encode())
 
@@ -73,6 +99,12 @@ def check(expect: Expect, out: Outcome, runtime: CaptureRuntime) -> list[str]:
         elif want != got:
             problems.append(f"upstream header {name}: expected {'absent' if want is None else repr(want)}, "
                             f"got {'absent' if got is None else repr(got)}")
+    if expect.upstream_target is not None:
+        got_t = (out.exchange.state or {}).get(UPSTREAM_TARGET)
+        if got_t is None:
+            problems.append("upstream target: the app was never called (a rule answered)")
+        elif got_t != expect.upstream_target:
+            problems.append(f"upstream target: expected {expect.upstream_target!r}, got {got_t!r}")
     text = out.body.decode("utf-8", "replace")
     if expect.body is not None and text != expect.body:
         problems.append(f"body: expected {_short(expect.body)}, got {_short(text)}")
@@ -91,10 +123,28 @@ def check(expect: Expect, out: Outcome, runtime: CaptureRuntime) -> list[str]:
         got_n = sorted({r for r, _, _ in runtime.events})
         if got_n != sorted(set(expect.notify)):
             problems.append(f"notify: expected events from {sorted(set(expect.notify))}, got {got_n}")
+    if expect.mirror is not None:
+        got_m = sorted({r for r, _, _ in runtime.mirrored})
+        if got_m != sorted(set(expect.mirror)):
+            problems.append(f"mirror: expected copies from {sorted(set(expect.mirror))}, got {got_m}")
+    if expect.retries is not None:
+        got_n = sum(runtime.counters["retries"].values())
+        if got_n != expect.retries:
+            problems.append(f"retries: expected {expect.retries}, got {got_n}")
     if expect.record is not None:
         got_r = sorted({r for r, a, _ in runtime.fired if a == "record"})
         if got_r != sorted(set(expect.record)):
             problems.append(f"record: expected {sorted(set(expect.record))}, got {got_r}")
+    if expect.shadow is not None:
+        want_rules = sorted({shadow_ref(e)[0] for e in expect.shadow})
+        got_s = sorted({r for r, _, _ in runtime.shadowed})
+        if got_s != want_rules:
+            problems.append(f"shadow: expected would-be actions from {want_rules}, got {got_s}")
+        hit = {(r, a) for r, a, _ in runtime.shadowed}
+        for e in expect.shadow:
+            rule, action = shadow_ref(e)
+            if action is not None and (rule, action) not in hit:
+                problems.append(f"shadow: expected {rule}'s {action} to be a would-be action, it was not")
     return problems
 
 
@@ -111,7 +161,7 @@ def run_case(paths: list[str], lt: LoadedTest, base_rules, env: Mapping[str, str
             rules = load_rules(paths, env={**(os.environ if env is None else env), **case.env})
         except RulesInvalid as e:
             return [f"rules invalid with this case's env: {err}" for err in e.errors]
-    runtime = CaptureRuntime()
+    runtime = CaptureRuntime(auth_answer=case.forward_auth)
     hooks = compile_rules(rules, runtime)
     req = case.request
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in req.headers.items()]

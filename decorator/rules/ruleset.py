@@ -72,6 +72,7 @@ class PlainRule:
     enabled: bool
     match_data: dict[str, Any]
     action_data: tuple[tuple[str, str, dict[str, Any]], ...]  # (action, its module, config)
+    mode: str = "enforce"  # or "shadow" (the file's default already applied by the loader)
 
     @property
     def match(self) -> Plain:
@@ -120,7 +121,7 @@ def plain_rule(rule: Any) -> PlainRule:
     order = {n: i for i, n in enumerate(ACTIONS)}
     acts = sorted(((n, ACTIONS[n].__module__, c.model_dump()) for n, c in rule.actions()),
                   key=lambda a: order[a[0]])
-    return PlainRule(rule.name, rule.enabled, rule.match.model_dump(), tuple(acts))
+    return PlainRule(rule.name, rule.enabled, rule.match.model_dump(), tuple(acts), rule.mode or "enforce")
 
 
 def plain_ruleset(rs: RuleSet) -> RuleSet:

@@ -31,7 +31,7 @@ _CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")  # 0xx: no response was se
 
 # Counters other parts keep in plain dicts: source key -> (metric name, type, help, label for dict values).
 # A source key not listed here is exported as `decorator_<key>` with type unknown.
-KNOWN: dict[str, tuple[str, str, str, str | None]] = {
+KNOWN: dict[str, tuple[str, str, str, str | tuple[str, ...] | None]] = {
     # the rules runtime (runtime.counters: {counter: {rule name: n}})
     "rule_hits": ("decorator_rule_hits", "counter", "Exchanges a rule matched.", "rule"),
     "action_errors": ("decorator_action_errors", "counter", "Rule actions that raised (isolated).", "rule"),
@@ -42,6 +42,32 @@ KNOWN: dict[str, tuple[str, str, str, str | None]] = {
                        "Notifications dropped (queue full or rate limited).", "rule"),
     "notify_suppressed": ("decorator_notify_suppressed", "counter",
                           "Notifications held back by a rule's window or threshold.", "rule"),
+    "fault_delays": ("decorator_fault_delays", "counter", "Requests a fault rule delayed.", "rule"),
+    "fault_aborts": ("decorator_fault_aborts", "counter", "Requests a fault rule answered with an error.", "rule"),
+    "auth_allowed": ("decorator_auth_allowed", "counter",
+                     "Requests basic_auth or forward_auth let through.", "rule"),
+    "auth_denied": ("decorator_auth_denied", "counter",
+                    "Requests basic_auth or forward_auth answered (401, the service's answer).", "rule"),
+    "auth_errors": ("decorator_auth_errors", "counter",
+                    "forward_auth calls that failed or timed out (503 unless on_error: allow).", "rule"),
+    "mirror_sent": ("decorator_mirror_sent", "counter", "Mirror copies the target answered.", "rule"),
+    "mirror_failed": ("decorator_mirror_failed", "counter",
+                      "Mirror copies that failed (target down, slow or broken).", "rule"),
+    "mirror_dropped": ("decorator_mirror_dropped", "counter", "Mirror copies dropped (queue full).", "rule"),
+    "mirror_skipped": ("decorator_mirror_skipped", "counter",
+                       "Requests not mirrored: body over max_body or not kept.", "rule"),
+    "retries": ("decorator_retries", "counter", "Requests sent to the app again by a retry rule.", "rule"),
+    "retry_budget_exhausted": ("decorator_retry_budget_exhausted", "counter",
+                               "Retries not made: the rule's budget was spent.", "rule"),
+    "retry_not_resendable": ("decorator_retry_not_resendable", "counter",
+                             "Retries not made: the request body had streamed to the app.", "rule"),
+    "ratelimit_rejected": ("decorator_ratelimit_rejected", "counter",
+                           "Requests a ratelimit rule answered with 429 (the app never saw them).", "rule"),
+    "cors_preflights": ("decorator_cors_preflights", "counter",
+                        "CORS preflight requests a cors rule answered.", "rule"),
+    # {rule: {action: n}}: one series per (rule, action)
+    "shadow_hits": ("decorator_rule_shadow_hits", "counter",
+                    "Actions a shadow-mode rule would have taken (not applied).", ("rule", "action")),
     # the reloader (reload.counters())
     "reloads": ("decorator_rule_reloads", "counter", "Rule sets loaded and swapped in.", None),
     "reload_failures": ("decorator_rule_reload_failures", "counter",
@@ -204,19 +230,30 @@ def _add(families: dict[str, tuple[Metric, bool, set]], key: str, value: Any, la
         labelled = isinstance(value, Mapping)
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, UnknownMetricFamily
         cls = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}.get(kind, UnknownMetricFamily)
-        fam = cls(name, doc, labels=[known_label or label or "name"] if labelled else None)
+        names = list(known_label) if isinstance(known_label, tuple) else [known_label or label or "name"]
+        fam = cls(name, doc, labels=names if labelled else None)
         entry = families[name] = (fam, labelled, set())
     fam, labelled, seen = entry
     # Two sources giving the same series (or the same key in two shapes) would make the scrape
     # invalid; the first one wins.
     if labelled and isinstance(value, Mapping):
-        for sub, n in value.items():
-            if str(sub) not in seen:
-                seen.add(str(sub))
-                fam.add_metric([str(sub)], float(n))
+        for labels, n in _series(value):
+            if labels not in seen:
+                seen.add(labels)
+                fam.add_metric(list(labels), float(n))
     elif not labelled and not isinstance(value, Mapping) and not seen:
         seen.add("")
         fam.add_metric([], float(value))
+
+
+def _series(value: Mapping) -> Iterable[tuple[tuple[str, ...], Any]]:
+    """{a: n} -> ((a,), n); nested {a: {b: n}} -> ((a, b), n)."""
+    for sub, n in value.items():
+        if isinstance(n, Mapping):
+            for labels, m in _series(n):
+                yield (str(sub), *labels), m
+        else:
+            yield (str(sub),), n
 
 
 _LE: list[str] = []

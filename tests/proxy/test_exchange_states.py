@@ -22,6 +22,7 @@ LEGAL = {
                                      X.UP_DONE)),
     (1, X.UP_BODY, X.UP_DISCARD), (1, X.UP_BODY, X.UP_DONE),
     (1, X.UP_DISCARD, X.UP_DONE), (1, X.UP_TUNNEL, X.UP_DONE),
+    (1, X.UP_DONE, X.UP_CONNECTING),  # a response hook's Retry after the sidecar's own 502/504
     *((2, X.RESP_NONE, s) for s in (X.RESP_APP, X.RESP_REPLY, X.RESP_TUNNEL, X.RESP_ABORTED)),
     *((2, s, t) for s in (X.RESP_APP, X.RESP_REPLY, X.RESP_TUNNEL) for t in (X.RESP_DONE, X.RESP_ABORTED)),
 }
@@ -41,8 +42,10 @@ def test_every_move_outside_the_table_raises_and_every_move_in_it_does_not():
 
 
 def test_terminal_states_have_no_way_out():
-    for side, state in ((0, X.REQ_DONE), (1, X.UP_DONE), (2, X.RESP_DONE), (2, X.RESP_ABORTED)):
+    for side, state in ((0, X.REQ_DONE), (2, X.RESP_DONE), (2, X.RESP_ABORTED)):
         assert X.MOVES[side][state] == 0
+    # The app's side is done unless a response hook asks for the request again (Retry).
+    assert X.MOVES[1][X.UP_DONE] == 1 << X.UP_CONNECTING
 
 
 class Ends(Hooks):

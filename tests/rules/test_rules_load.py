@@ -165,7 +165,7 @@ def test_schema_is_fresh_and_has_id():
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["$id"]
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"vars", "include", "rules", "tests"}
+    assert set(schema["properties"]) == {"vars", "mode", "include", "rules", "tests"}
     rule = schema["$defs"]["Rule"]
     assert rule["additionalProperties"] is False
     assert {"respond", "record", "notify", "headers"} <= set(rule["properties"])

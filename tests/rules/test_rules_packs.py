@@ -59,7 +59,7 @@ def test_every_pack_has_a_readme_a_modeline_and_prefixed_names():
         # Pack-prefixed, distinct names: several packs' files can share one (flat) ConfigMap.
         for f in pack.iterdir():
             # pack.yaml is the manifest: `decorator pack configmap` gives it a pack-prefixed key.
-            if f.is_file() and f.suffix in (".yaml", ".yml", ".html") and f.name != "pack.yaml":
+            if f.is_file() and f.suffix in (".yaml", ".yml", ".html", ".htpasswd") and f.name != "pack.yaml":
                 assert f.name.startswith(pack.name), f
                 assert f.name not in served, (f, served.get(f.name))
                 served[f.name] = f
@@ -103,7 +103,7 @@ def test_readme_include_examples_load(readme, tmp_path):
 def test_packs_copied_into_a_configmap_validate_and_switch_by_vars(tmp_path):
     """rules/README.md, way 1: the packs' files as ConfigMap data, the switch in a `vars:` block."""
     files = {p.name: p.read_text() for pack in PACKS for p in sorted(pack.iterdir())
-             if p.is_file() and p.suffix in (".yaml", ".html") and not p.name.endswith(".tests.yaml")
+             if p.is_file() and p.suffix in (".yaml", ".html", ".htpasswd") and not p.name.endswith(".tests.yaml")
              and p.name != "pack.yaml"}
     files["maintenance.yaml"] = "vars:\n  MAINTENANCE: true\n" + files["maintenance.yaml"]
     data = "".join(f"  {name}: |\n{textwrap.indent(text, '    ')}" for name, text in files.items())
