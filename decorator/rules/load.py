@@ -69,8 +69,9 @@ def pack_units(path: str) -> list[str]:
 
 
 def _yaml_files(d: str) -> list[str]:
+    """The rules files of a directory: not a pack's manifest (pack.yaml, issue 12)."""
     return sorted(os.path.join(d, f) for f in os.listdir(d)
-                  if f.endswith(YAML_SUFFIXES) and not f.startswith(".")
+                  if f.endswith(YAML_SUFFIXES) and not f.startswith(".") and f != "pack.yaml"
                   and os.path.isfile(os.path.join(d, f)))
 
 

@@ -22,7 +22,7 @@ from tests.rules.helpers import Receiver, closed_port
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"
 PACKS = [Path(u) for u in pack_units(str(RULES))] if any(RULES.glob("*/*.y*ml")) else []
-EXPECTED_PACKS = {"alert-5xx", "custom-errors", "maintenance", "security-headers", "telemetry"}
+EXPECTED_PACKS = {"alert-5xx", "cors", "custom-errors", "maintenance", "rate-limit", "security-headers", "telemetry"}
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
 
@@ -58,12 +58,14 @@ def test_every_pack_has_a_readme_a_modeline_and_prefixed_names():
         assert (pack / "README.md").is_file(), pack
         # Pack-prefixed, distinct names: several packs' files can share one (flat) ConfigMap.
         for f in pack.iterdir():
-            if f.is_file() and f.suffix in (".yaml", ".yml", ".html"):
+            # pack.yaml is the manifest: `decorator pack configmap` gives it a pack-prefixed key.
+            if f.is_file() and f.suffix in (".yaml", ".yml", ".html") and f.name != "pack.yaml":
                 assert f.name.startswith(pack.name), f
                 assert f.name not in served, (f, served.get(f.name))
                 served[f.name] = f
         for f in pack.glob("*.y*ml"):
-            assert f.read_text().startswith("# yaml-language-server: $schema=../../schema.json\n"), f
+            schema = "pack.schema.json" if f.name == "pack.yaml" else "schema.json"
+            assert f.read_text().startswith(f"# yaml-language-server: $schema=../../{schema}\n"), f
     for entry in rules.entries:
         pack = Path(entry.location.file).resolve().parent.name
         assert entry.rule.name == pack or entry.rule.name.startswith(pack + "-"), (entry.rule.name, pack)
@@ -99,7 +101,8 @@ def test_readme_include_examples_load(readme, tmp_path):
 def test_packs_copied_into_a_configmap_validate_and_switch_by_vars(tmp_path):
     """rules/README.md, way 1: the packs' files as ConfigMap data, the switch in a `vars:` block."""
     files = {p.name: p.read_text() for pack in PACKS for p in sorted(pack.iterdir())
-             if p.is_file() and p.suffix in (".yaml", ".html") and not p.name.endswith(".tests.yaml")}
+             if p.is_file() and p.suffix in (".yaml", ".html") and not p.name.endswith(".tests.yaml")
+             and p.name != "pack.yaml"}
     files["maintenance.yaml"] = "vars:\n  MAINTENANCE: true\n" + files["maintenance.yaml"]
     data = "".join(f"  {name}: |\n{textwrap.indent(text, '    ')}" for name, text in files.items())
     manifest = tmp_path / "web-decorator-rules.yaml"
