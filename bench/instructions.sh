@@ -17,10 +17,16 @@
 #   decorator           `decorator run`, no rules (the compiled build when there is one)
 #   decorator+rules     the same with bench/rules/card.yaml
 #   decorator+100rules  the same with card.yaml and nomatch100.yaml
+#   decorator+api       the same with card.yaml and api.yaml (a ratelimit and a cors rule on /api/**,
+#                       the requests are for /)
+#   decorator-pure+rules, decorator-pure+api   decorator+rules and decorator+api with DECORATOR_PURE_PYTHON=1
 #   decorator-pure      `decorator run` with DECORATOR_PURE_PYTHON=1 (pure Python even when compiled)
 # then the ratios (exit 1 when a target fails or a row it needs is missing):
 #   decorator / nginx <= 3.5, decorator+rules / decorator <= 1.10, decorator-pure / round1 <= 1.05,
-#   decorator / round1 and decorator+100rules / decorator as information.
+#   decorator+api / decorator <= 1.10 (issue 11), decorator / round1, decorator+100rules / decorator
+#   and decorator-pure+api / decorator-pure as information.
+# PY (default .venv/bin/python) and DECORATOR_SRC (a source tree put on PYTHONPATH for every row but
+# round1, e.g. a git worktree running pure Python) choose what is measured.
 #
 # Each row: the proxy runs under valgrind with instrumentation off; after 500 warm-up requests
 # (10 keep-alive connections) instrumentation goes on for N requests, then off, and the count is
@@ -29,12 +35,12 @@ set -u
 cd "$(dirname "$0")/.."
 REPO=$PWD
 N=${N:-3000}
-ROWS=${ROWS:-nginx round1 decorator decorator+rules decorator+100rules decorator-pure}
+ROWS=${ROWS:-nginx round1 decorator decorator+rules decorator+100rules decorator+api decorator-pure decorator-pure+api}
 . bench/baseline.sh
 UP_PORT=${UP_PORT:-18287}
 PX_PORT=${PX_PORT:-18280}
 WORK=$(mktemp -d /tmp/decorator-instr.XXXXXX)
-PY=.venv/bin/python
+PY=${PY:-.venv/bin/python}
 for t in valgrind callgrind_control nginx; do
   command -v "$t" >/dev/null || { echo "instructions.sh: $t not found (apt-get install -y valgrind nginx)" >&2; exit 2; }
 done
@@ -120,6 +126,7 @@ row() {  # row LABEL [VAR=value ...] CMD...
 # -P: no working directory on sys.path, so which `decorator` is imported depends on PYTHONPATH only
 # (the round1 row sets it; bench/baseline.sh says why).
 DEC=("$PY" -P -m decorator run --port "$PX_PORT" --target "$UP_PORT" --admin-port 0)
+SRC=(${DECORATOR_SRC:+PYTHONPATH=$DECORATOR_SRC})
 want() { case " $ROWS " in *" $1 "*) return 0;; esac; return 1; }
 declare -A IR=()
 MISSING=()
@@ -134,10 +141,15 @@ if want round1; then
     echo "round1: not measured (see above)"; MISSING+=(round1)
   fi
 fi
-want decorator && row decorator "${DEC[@]}"
-want decorator+rules && row decorator+rules "${DEC[@]}" --rules bench/rules/card.yaml
-want decorator+100rules && row decorator+100rules "${DEC[@]}" --rules bench/rules/card.yaml bench/rules/nomatch100.yaml
-want decorator-pure && row decorator-pure DECORATOR_PURE_PYTHON=1 "${DEC[@]}"
+want decorator && row decorator "${SRC[@]}" "${DEC[@]}"
+want decorator+rules && row decorator+rules "${SRC[@]}" "${DEC[@]}" --rules bench/rules/card.yaml
+want decorator+100rules && row decorator+100rules "${SRC[@]}" "${DEC[@]}" --rules bench/rules/card.yaml bench/rules/nomatch100.yaml
+want decorator+api && row decorator+api "${SRC[@]}" "${DEC[@]}" --rules bench/rules/card.yaml bench/rules/api.yaml
+want decorator-pure && row decorator-pure "${SRC[@]}" DECORATOR_PURE_PYTHON=1 "${DEC[@]}"
+want decorator-pure+rules && row decorator-pure+rules "${SRC[@]}" DECORATOR_PURE_PYTHON=1 "${DEC[@]}" \
+  --rules bench/rules/card.yaml
+want decorator-pure+api && row decorator-pure+api "${SRC[@]}" DECORATOR_PURE_PYTHON=1 "${DEC[@]}" \
+  --rules bench/rules/card.yaml bench/rules/api.yaml
 rm -rf "$WORK"
 
 # Ratios against Tunnel v2's targets. A target whose rows were not both measured is skipped when
@@ -164,5 +176,9 @@ ratio "decorator+rules / decorator" decorator+rules decorator "<= 1.10"
 ratio "decorator+100rules / decorator" decorator+100rules decorator info
 ratio "decorator / round1" decorator round1 info
 ratio "decorator-pure / round1" decorator-pure round1 "<= 1.05"
+ratio "decorator+api / decorator" decorator+api decorator "<= 1.10"
+ratio "decorator-pure+rules / decorator-pure" decorator-pure+rules decorator-pure info
+ratio "decorator-pure+api / decorator-pure" decorator-pure+api decorator-pure info
+ratio "decorator-pure+api / decorator-pure+rules" decorator-pure+api decorator-pure+rules info
 [ ${#MISSING[@]} -eq 0 ] || { echo "# rows that did not run: ${MISSING[*]}"; FAIL=1; }
 exit $FAIL

@@ -22,7 +22,7 @@ from tests.rules.helpers import Receiver, closed_port
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"
 PACKS = [Path(u) for u in pack_units(str(RULES))] if any(RULES.glob("*/*.y*ml")) else []
-EXPECTED_PACKS = {"alert-5xx", "custom-errors", "maintenance", "security-headers", "telemetry"}
+EXPECTED_PACKS = {"alert-5xx", "cors", "custom-errors", "maintenance", "rate-limit", "security-headers", "telemetry"}
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
 
