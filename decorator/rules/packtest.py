@@ -26,7 +26,7 @@ class CaptureRuntime(Runtime):
         super().__init__(recorder=None, pod=pod)
         self.events: list[tuple[str, dict, NotifyTarget]] = []
         self.fired: list[tuple[str, str, str]] = []
-        self.trace = lambda rule, action, phase: self.fired.append((rule, action, phase))
+        self.trace = lambda rule, action, phase, ex=None: self.fired.append((rule, action, phase))
 
     def submit(self, rule: str, event: dict, target: NotifyTarget) -> bool:
         self.events.append((rule, event, target))
