@@ -38,6 +38,8 @@ class Pusher:
     taken meanwhile.
     """
 
+    name = "dashboard"
+
     def __init__(self, url: str, token: str | None, pod: str, aggregator: Aggregator | None,
                  resources: Resources | None, interval_resources: float = 1.0, interval_stats: float = 5.0,
                  timeout: float = 2.0, max_buffer: int = 60, backoff_base: float | None = None,
