@@ -8,8 +8,8 @@ dashboard, other proxy modules or pydantic (idle RSS: payloads are plain dicts).
 The exporter seam: `Metrics.observe` (and `Aggregator.record`) measure once; each exporter reads what it
 needs. Prometheus renders Metrics at each scrape (admin /metrics); the dashboard pusher sends the
 aggregator's deltas; OTLP sends spans and Metrics snapshots. An exporter is one module with a class
-that has `name`, `counters`, `status()`, `start()`, `close()` (and, to see exchanges, `start_hooks` /
-`end_hooks`), added to `Telemetry.exporters`.
+that has `name`, `counters`, `status()`, `start()`, `close()`, added to `Telemetry.exporters`
+(OTLP's traces also see each exchange, through TracingHooks).
 """
 
 from __future__ import annotations
@@ -93,24 +93,31 @@ class Telemetry:
         if self.pusher is not None:
             self.exporters.append(self.pusher)
         self.otlp = None
+        self._tracing: Hooks | None = None
         self.rule_event: Callable | None = None
         if otel is not None and otel.enabled:
             from decorator.telemetry.otlp import OtlpExporter  # protobuf loads only with an endpoint
             self.otlp = OtlpExporter(otel, self.metrics)
             self.exporters.append(self.otlp)
-            if self.otlp.start_hooks is not None:
+            if self.otlp.sampler is not None:
                 from decorator.telemetry.tracing import rule_event
                 self.rule_event = rule_event
         for exporter in self.exporters:
             self.metrics.add_source(lambda e=exporter: e.counters)
 
     def wrap(self, rules_hooks: Hooks | None) -> Hooks | None:
-        """The hooks the proxy runs: trace start, telemetry, the rules, trace end (after the rules'
-        completion actions, so their events are on the span)."""
+        """The hooks the proxy runs: telemetry's (with tracing: TracingHooks, which also does
+        telemetry's completion work), then the rules'. Tracing goes first so the rules see the
+        traceparent the app will get; the rules' completion actions run after the span was queued
+        and still land on it as events (it is encoded later)."""
         otlp = self.otlp
-        if otlp is None or otlp.start_hooks is None:
+        if otlp is None or otlp.sampler is None or otlp.traces is None:
             return chain(self.hooks, rules_hooks)
-        return chain(otlp.start_hooks, self.hooks, rules_hooks, otlp.end_hooks)
+        if self._tracing is None:
+            from decorator.telemetry.tracing import TracingHooks
+            self._tracing = TracingHooks(otlp.sampler, otlp.traces.submit, self.hooks.on_complete,
+                                         self.hooks.on_request)
+        return chain(self._tracing, rules_hooks)
 
     def add_source(self, fn: Source, label: str | None = None) -> None:
         self.metrics.add_source(fn, label)

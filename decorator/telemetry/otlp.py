@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from decorator import __version__
 from decorator.delivery import Delivery, Poster, Result
 from decorator.telemetry.otel import OtelConfig, Signal
-from decorator.telemetry.tracing import Sampler, TraceEnd, TraceStart
+from decorator.telemetry.tracing import Sampler
 
 if TYPE_CHECKING:
     from decorator.telemetry.metrics import Metrics
@@ -104,58 +104,83 @@ def _server(host: bytes | None) -> tuple[str, int]:
     return addr, int(port) if port.isdigit() and len(port) <= 5 else 0
 
 
-def encode_span(record: tuple, offset_ns: int) -> bytes:
-    """One server span (plus its `upstream` child) from a TraceEnd record, as Span fields of ScopeSpans."""
-    (span, method, path, route, status, client, version, scheme, error, replaced,
-     t_start, t_response, t_end) = record
-    trace_id, span_id, parent_id, host, tracestate, events = span
-    tid = trace_id.to_bytes(16, "big")
-    sid = span_id.to_bytes(8, "big")
-    start = int(t_start * 1e9) + offset_ns
+# What a span says besides its ids and times depends on a few values that repeat (method, path, route,
+# status, client, host...): the encoded name, kind, attributes and status of each such shape are kept.
+_SHAPES: dict[tuple, bytes] = {}
+_SHAPES_MAX = 4096
+
+
+def _shape(key: tuple) -> bytes:
+    method, path, route, status, client, host, version, scheme, error, replaced = key
     known = method if method in _METHODS else "_OTHER"
-    parts = [b"\x0a\x10", tid, b"\x12\x08", sid]
-    if tracestate:
-        parts.append(_ld(3, tracestate))
-    if parent_id:
-        parts += (b"\x22\x08", parent_id.to_bytes(8, "big"), _FLAGS_REMOTE_PARENT)
-    else:
-        parts.append(_FLAGS_ROOT)
-    parts += (_ld(5, (f"{known} {route}" if route else known).encode()), b"\x30\x02",
-              b"\x39", pack("<Q", start), b"\x41", pack("<Q", int(t_end * 1e9) + offset_ns),
-              _kv(9, "http.request.method", known), _kv(9, "url.path", path), _kv(9, "url.scheme", scheme),
-              _kv(9, "client.address", client), _kv(9, "network.protocol.version", version))
+    parts = [_ld(5, (f"{known} {route}" if route else known).encode()), b"\x30\x02",
+             _kv(9, "http.request.method", known), _kv(9, "url.path", path), _kv(9, "url.scheme", scheme),
+             _kv(9, "client.address", client), _kv(9, "network.protocol.version", version)]
     if known != method:
         parts.append(_kv(9, "http.request.method_original", method))
     if route:
         parts.append(_kv(9, "http.route", route))
     if status:
         parts.append(_kv(9, "http.response.status_code", status))
-    if host:
-        addr, port = _server(host)
-        if addr:
-            parts.append(_kv(9, "server.address", addr))
-        if port:
-            parts.append(_kv(9, "server.port", port))
+    addr, port = _server(host)
+    if addr:
+        parts.append(_kv(9, "server.address", addr))
+    if port:
+        parts.append(_kv(9, "server.port", port))
     failed = error is not None or status >= 500 or not status
     if failed:
         parts.append(_kv(9, "error.type", error or (str(status) if status else "_OTHER")))
     if replaced:
         parts.append(_kv(9, "decorator.replied", True))
+    if failed:
+        parts.append(_STATUS_ERROR)
+    if len(_SHAPES) >= _SHAPES_MAX:
+        _SHAPES.clear()
+    b = _SHAPES[key] = b"".join(parts)
+    return b
+
+
+_UPSTREAM = _FLAGS_LOCAL_PARENT + _ld(5, b"upstream") + b"\x30\x01"
+_fromhex = bytes.fromhex
+
+
+def encode_span(record: tuple, offset_ns: int) -> bytes:
+    """One server span (plus its `upstream` child) from a TracingHooks record, as `spans` fields (2) of
+    a ScopeSpans."""
+    (span, headers, method, path, route, status, client, version, scheme, error, replaced,
+     t_start, t_response, t_end) = record
+    trace_id, span_id, parent_id, events = span
+    host = tracestate = None
+    for name, value in headers:
+        n = len(name)
+        if n == 4:
+            if name.lower() == b"host":
+                host = value
+        elif n == 10 and name.lower() == b"tracestate":
+            tracestate = value
+    key = (method, path, route, status, client, host, version, scheme, error, replaced)
+    shape = _SHAPES.get(key) or _shape(key)
+    tid = _fromhex(trace_id.decode())
+    sid = _fromhex(span_id.decode())
+    start = int(t_start * 1e9) + offset_ns
+    parts = [b"\x0a\x10", tid, b"\x12\x08", sid,
+             b"\x22\x08" + _fromhex(parent_id.decode()) + _FLAGS_REMOTE_PARENT if parent_id else _FLAGS_ROOT,
+             pack("<BQBQ", 0x39, start, 0x41, int(t_end * 1e9) + offset_ns), shape]
+    if tracestate:
+        parts.append(_ld(3, tracestate))
     if events:
         for t, action, rule, phase in events:
             parts.append(_ld(11, b"\x09" + pack("<Q", int(t * 1e9) + offset_ns) + _ld(2, f"rule.{action}".encode())
                              + _kv(3, "rule.name", rule) + _kv(3, "decorator.rule.phase", phase)))
-    if failed:
-        parts.append(_STATUS_ERROR)
-    out = _ld(2, b"".join(parts))
+    body = b"".join(parts)
+    out = b"\x12" + _varint(len(body)) + body
     if t_response and not replaced:
         # The wait for the app's response head, as a child: where the time went at a glance.
-        child = [b"\x0a\x10", tid, b"\x12\x08", (getrandbits(64) or 1).to_bytes(8, "big"), b"\x22\x08", sid,
-                 _FLAGS_LOCAL_PARENT, _ld(5, b"upstream"), b"\x30\x01",
-                 b"\x39", pack("<Q", start), b"\x41", pack("<Q", int(t_response * 1e9) + offset_ns)]
-        if error is not None and error.startswith("upstream"):
-            child += (_kv(9, "error.type", error), _STATUS_ERROR)
-        out += _ld(2, b"".join(child))
+        child = b"".join((b"\x0a\x10", tid, b"\x12\x08", (getrandbits(64) or 1).to_bytes(8, "big"), b"\x22\x08", sid,
+                          _UPSTREAM, pack("<BQBQ", 0x39, start, 0x41, int(t_response * 1e9) + offset_ns),
+                          _kv(9, "error.type", error) + _STATUS_ERROR
+                          if error is not None and error.startswith("upstream") else b""))
+        out += b"\x12" + _varint(len(child)) + child
     return out
 
 
@@ -241,7 +266,7 @@ def encode_metrics(metrics: Metrics, resource_attrs: tuple[tuple[str, str], ...]
 class OtlpExporter:
     """Traces and metrics over OTLP/HTTP, from an OtelConfig (telemetry.otel).
 
-    Traces: `start_hooks` / `end_hooks` go first and last in the hook chain (Telemetry.wrap); finished
+    Traces: `sampler` and `traces.submit` make telemetry's TracingHooks (Telemetry.wrap); finished
     spans wait in the delivery client's queue (OTEL_BSP_MAX_QUEUE_SIZE, new spans dropped and counted
     past it) and leave in batches of OTEL_BSP_MAX_EXPORT_BATCH_SIZE, or after OTEL_BSP_SCHEDULE_DELAY.
     Metrics: a cumulative snapshot every OTEL_METRIC_EXPORT_INTERVAL and one at close.
@@ -254,8 +279,7 @@ class OtlpExporter:
         self.metrics = metrics
         self.start_ns = time.time_ns()
         self.spans_sent = self.spans_dropped = self.metrics_sent = 0
-        self.start_hooks: TraceStart | None = None
-        self.end_hooks: TraceEnd | None = None
+        self.sampler: Sampler | None = None
         self.traces: Delivery | None = None
         self.metric_delivery: Delivery | None = None
         self._task: asyncio.Task | None = None
@@ -266,8 +290,7 @@ class OtlpExporter:
             self.traces = Delivery("otlp traces", self._send_traces, queue_size=config.max_queue,
                                    batch=config.max_batch, linger=config.schedule_delay, retries=4, backoff=1.0,
                                    backoff_max=30.0, jitter=True, on_settled=self._spans_settled, logger=log)
-            self.start_hooks = TraceStart(Sampler(config.sampler, config.ratio))
-            self.end_hooks = TraceEnd(self.traces.submit)
+            self.sampler = Sampler(config.sampler, config.ratio)
         if config.metrics is not None and metrics is not None:
             self._metric_poster = _poster(config.metrics)
             # A newer cumulative snapshot supersedes an older one: keep two at most.

@@ -1,10 +1,10 @@
 """Traces: W3C Trace Context in and out, the sampler, one server span per exchange, rule actions as events.
 
-Owns the two hook parts a traced exchange meets (`TraceStart` first in the chain: reads `traceparent`,
-decides, hands the app a `traceparent` naming the sidecar's span; `TraceEnd` last: the finished span,
-as one tuple, goes to the exporter's queue) and `rule_event`, which the rules call for each action run.
-The request path only parses, draws ids and appends; encoding and sending are the exporter's
-(telemetry.otlp). Imports proxy.hooks only; must not import rules, settings or pydantic.
+Owns TracingHooks (on_request: reads `traceparent`, decides, hands the app a `traceparent` naming the
+sidecar's span; on_complete: the finished span, as one tuple, goes to the exporter's queue) and
+`rule_event`, which the rules call for each action they run. The request path only matches, draws ids
+and appends; encoding and sending are the exporter's (telemetry.otlp). Imports proxy.hooks only; must
+not import rules, settings or pydantic.
 """
 
 from __future__ import annotations
@@ -18,27 +18,23 @@ from typing import Any
 from decorator.proxy.hooks import Exchange, Hooks
 
 SPAN = "trace.span"  # ex.state key of the exchange's span record (only on sampled exchanges)
-# Span record fields (a list: rule_event appends events in place).
-TRACE_ID, SPAN_ID, PARENT_ID, HOST, TRACESTATE, EVENTS = range(6)
+# A span record is a list (rule_event appends events in place): ids as lower-case hex bytes, as on the wire
+# of traceparent (the exporter turns them into raw bytes), the parent's b"" for a root.
+TRACE_ID, SPAN_ID, PARENT_ID, EVENTS = range(4)
 
-_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+# version (not ff), trace id (not all zeros), parent id (not all zeros), flags; more fields after a
+# future version's four.
+_TRACEPARENT = re.compile(rb"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(?:-.*)?",
+                          re.DOTALL)
+_SAMPLED_DIGITS = frozenset(b"13579bdf")  # the last hex digit of the flags has the sampled bit set
 _ROOT_NEVER, _ROOT_ALWAYS, _ROOT_RATIO = 0, 1, 2
-_LOW64 = (1 << 64) - 1
 
 
-def parse_traceparent(value: bytes) -> tuple[int, int, int] | None:
-    """(trace id, parent span id, flags) of a valid W3C traceparent, else None (as if absent)."""
-    m = _TRACEPARENT.fullmatch(value.strip(b" \t"))
-    if m is None:
-        return None
-    version = m.group(1)
-    if version == b"ff" or (version == b"00" and m.group(5) is not None):
-        return None  # ff is forbidden; version 00 has exactly four fields
-    trace_id = int(m.group(2), 16)
-    parent = int(m.group(3), 16)
-    if not trace_id or not parent:
-        return None
-    return trace_id, parent, int(m.group(4), 16)
+def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bool] | None:
+    """(trace id, parent span id, sampled) of a valid W3C traceparent, ids as hex; else None (as if absent)."""
+    if _TRACEPARENT.fullmatch(value) is None or (len(value) != 55 and value[:2] == b"00"):
+        return None  # version 00 has exactly four fields
+    return value[3:35], value[36:52], value[54] in _SAMPLED_DIGITS
 
 
 class Sampler:
@@ -53,60 +49,58 @@ class Sampler:
         self.root = {"always_on": _ROOT_ALWAYS, "always_off": _ROOT_NEVER}.get(root, _ROOT_RATIO)
         self.bound = round(max(0.0, min(ratio, 1.0)) * (1 << 64))
 
-    def sample(self, trace_id: int, parent_flags: int) -> bool:
-        """parent_flags: the remote parent's trace flags, or -1 when the span is a root."""
-        if parent_flags >= 0 and self.parent_based:
-            return bool(parent_flags & 1)
+    def sample(self, trace_id: bytes, parent_sampled: bool | None) -> bool:
+        """trace_id as 32 hex digits; parent_sampled: the remote parent's flag, None for a root."""
+        if parent_sampled is not None and self.parent_based:
+            return parent_sampled
         r = self.root
         if r == _ROOT_RATIO:
-            return (trace_id & _LOW64) < self.bound
+            return int(trace_id[16:], 16) < self.bound
         return r == _ROOT_ALWAYS
 
 
-class TraceStart(Hooks):
-    """First in the chain: continue or start the trace, decide, and tell the app its parent."""
+class TracingHooks(Hooks):
+    """Telemetry's hooks with tracing: one object, so a rule-free sidecar still makes one hook call per phase.
 
-    def __init__(self, sampler: Sampler) -> None:
+    on_request: continue or start the trace, decide, and hand the app a traceparent naming the
+    sidecar's span. on_complete: telemetry's own completion (`complete`), then the finished span goes
+    to `submit` as one tuple (rule events appended later still land on it: the exporter encodes
+    it later, off the request path).
+    """
+
+    def __init__(self, sampler: Sampler, submit: Callable[[Any], bool], complete: Callable[[Exchange], None] | None,
+                 request: Callable[[Exchange], None] | None = None) -> None:
         self.sampler = sampler
+        self.submit = submit
+        self.complete = complete
+        self.request = request
         self.on_request = self.start
+        self.on_complete = self.end
 
     def start(self, ex: Exchange) -> None:
+        if self.request is not None:
+            self.request(ex)
         headers = ex.request_headers
         at = -1
-        parent = host = tracestate = None
-        for i, (name, value) in enumerate(headers):  # one pass for the three fields a span needs
-            n = len(name)
-            if n == 11:
-                if name.lower() == b"traceparent":
-                    at, parent = i, value
-            elif n == 4:
-                if name.lower() == b"host":
-                    host = value
-            elif n == 10 and name.lower() == b"tracestate":
-                tracestate = value
-        got = parse_traceparent(parent) if parent is not None else None
+        for i, (name, _) in enumerate(headers):
+            if len(name) == 11 and name.lower() == b"traceparent":
+                at = i
+                break
+        got = parse_traceparent(headers[at][1]) if at >= 0 else None
         if got is not None:
-            trace_id, parent_id, flags = got
-            if not self.sampler.sample(trace_id, flags):
+            trace_id, parent_id, sampled = got
+            if not self.sampler.sample(trace_id, sampled):
                 return None  # not recorded: the caller's traceparent goes on unchanged
         else:
-            trace_id = getrandbits(128) or 1
-            parent_id = 0
-            if not self.sampler.sample(trace_id, -1):
+            trace_id = b"%032x" % (getrandbits(128) or 1)
+            parent_id = b""
+            if not self.sampler.sample(trace_id, None):
                 # Not recorded either, but the app learns the decision (parent-based samplers follow it).
-                value = b"00-%032x-%016x-00" % (trace_id, getrandbits(64) or 1)
-                if at >= 0:
-                    headers[at] = (headers[at][0], value)
-                else:
-                    headers.append((b"traceparent", value))
+                _put(headers, at, b"00-%s-%016x-00" % (trace_id, getrandbits(64) or 1))
                 return None
-        span_id = getrandbits(64) or 1
-        value = b"00-%032x-%016x-01" % (trace_id, span_id)
-        if at >= 0:
-            headers[at] = (headers[at][0], value)
-        else:
-            headers.append((b"traceparent", value))
-        span = [trace_id, span_id, parent_id, host, tracestate, None]
+        span_id = b"%016x" % (getrandbits(64) or 1)
+        _put(headers, at, b"00-" + trace_id + b"-" + span_id + b"-01")
+        span = [trace_id, span_id, parent_id, None]
         st = ex.state
         if st is None:
             ex.state = {SPAN: span}
@@ -114,24 +108,25 @@ class TraceStart(Hooks):
             st[SPAN] = span
         return None
 
-
-class TraceEnd(Hooks):
-    """Last in the chain (after the rules' completion actions): the finished span goes to `submit`
-    as one tuple; the exporter encodes it later, off the request path."""
-
-    def __init__(self, submit: Callable[[Any], bool]) -> None:
-        self.submit = submit
-        self.on_complete = self.end
-
     def end(self, ex: Exchange) -> None:
+        if self.complete is not None:
+            self.complete(ex)
         st = ex.state
         if st is None:
             return
         span = st.get(SPAN)
         if span is None:
             return
-        self.submit((span, ex.method, ex.path, ex.route, ex.status, ex.client, ex.version, ex.scheme,
-                     ex.error, ex.replaced, ex.t_start, ex.t_response, ex.t_end or time.monotonic()))
+        self.submit((span, ex.request_headers, ex.method, ex.path, ex.route, ex.status, ex.client, ex.version,
+                     ex.scheme, ex.error, ex.replaced, ex.t_start, ex.t_response, ex.t_end or time.monotonic()))
+
+
+def _put(headers: list, at: int, value: bytes) -> None:
+    """The app gets exactly one traceparent: ours replaces the caller's in place, or is added."""
+    if at >= 0:
+        headers[at] = (headers[at][0], value)
+    else:
+        headers.append((b"traceparent", value))
 
 
 def rule_event(rule: str, action: str, phase: str, ex: Exchange) -> None:

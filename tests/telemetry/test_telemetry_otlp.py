@@ -16,7 +16,7 @@ from decorator.proxy.hooks import Exchange
 from decorator.settings import Settings
 from decorator.telemetry import OtelConfig
 from decorator.telemetry.otlp import encode_traces
-from decorator.telemetry.tracing import SPAN, Sampler, TraceEnd, TraceStart, parse_traceparent
+from decorator.telemetry.tracing import SPAN, Sampler, TracingHooks, parse_traceparent
 from tests.support import free_port
 from tests.telemetry.helpers import wait_until
 from tests.telemetry.otlp_helpers import EchoApp, OtlpReceiver, attrs
@@ -89,10 +89,10 @@ async def test_spans_parents_attributes_resource_and_propagation(echo, collector
     [tp1] = got1["traceparent"]
     [tp2] = got2["traceparent"]
     assert got1["tracestate"] == ["vendor=abc,x=1"]           # passed through untouched
-    trace1, parent1, flags1 = parse_traceparent(tp1.encode())
-    assert f"{trace1:032x}" == CALLER_TRACE and f"{parent1:016x}" != CALLER_SPAN and flags1 == 1
+    trace1, parent1, sampled1 = parse_traceparent(tp1.encode())
+    assert trace1.decode() == CALLER_TRACE and parent1.decode() != CALLER_SPAN and sampled1
     trace2, parent2, _ = parse_traceparent(tp2.encode())
-    assert f"{trace2:032x}" != CALLER_TRACE
+    assert trace2.decode() != CALLER_TRACE
 
     spans = collector.spans()
     servers = {attrs(s.attributes)["url.path"]: (res, s) for res, s in spans if s.kind == s.SPAN_KIND_SERVER}
@@ -103,7 +103,7 @@ async def test_spans_parents_attributes_resource_and_propagation(echo, collector
     assert res["k8s.namespace.name"] == "shop" and res["service.instance.id"] == "web-7"
     assert res["deployment.environment"] == "prod" and res["team"] == "a b"
     assert s1.trace_id.hex() == CALLER_TRACE and s1.parent_span_id.hex() == CALLER_SPAN
-    assert s1.span_id.hex() == f"{parent1:016x}"                # the app's parent is this span
+    assert s1.span_id.hex() == parent1.decode()                 # the app's parent is this span
     assert s1.trace_state == "vendor=abc,x=1"
     a1 = attrs(s1.attributes)
     assert a1["http.request.method"] == "GET" and a1["url.path"] == "/users/42" and a1["url.scheme"] == "http"
@@ -116,7 +116,7 @@ async def test_spans_parents_attributes_resource_and_propagation(echo, collector
     assert attrs(s1.events[0].attributes) == {"rule.name": "users", "decorator.rule.phase": "complete"}
 
     _, s2 = servers["/plain"]
-    assert s2.trace_id.hex() == f"{trace2:032x}" and s2.span_id.hex() == f"{parent2:016x}"
+    assert s2.trace_id.hex() == trace2.decode() and s2.span_id.hex() == parent2.decode()
     assert s2.parent_span_id == b""                               # a root: no caller's traceparent
 
     _, s3 = servers["/maint"]
@@ -210,7 +210,7 @@ async def test_tracing_off_adds_no_hook_and_no_header(echo, tmp_path):
     app = await run_app(echo.port, {"OTEL_SERVICE_NAME": "x"}, RULES, tmp_path)  # no endpoint: off
     try:
         assert app.telemetry.otlp is None and app.runtime.trace is None
-        assert not any(isinstance(p, (TraceStart, TraceEnd)) for p in getattr(app.proxy.hooks, "parts", []))
+        assert not any(isinstance(p, TracingHooks) for p in getattr(app.proxy.hooks, "parts", []))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.proxy.port}") as client:
             r = await client.get("/x")
         assert r.json() == {"traceparent": None, "tracestate": None}
@@ -237,7 +237,7 @@ def ex_with(headers: list[tuple[bytes, bytes]]) -> Exchange:
 def test_sampler_variables(sampler, arg, parent_flags, sampled):
     cfg = OtelConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_SAMPLER": sampler,
                                "OTEL_TRACES_SAMPLER_ARG": arg})
-    start = TraceStart(Sampler(cfg.sampler, cfg.ratio))
+    start = tracer(Sampler(cfg.sampler, cfg.ratio))
     headers = [(b"Host", b"h")]
     if parent_flags is not None:
         headers.append((b"TraceParent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-{parent_flags}".encode()))
@@ -245,18 +245,22 @@ def test_sampler_variables(sampler, arg, parent_flags, sampled):
     start.start(ex)
     assert (ex.state is not None and SPAN in ex.state) == sampled
     [tp] = [v for k, v in ex.request_headers if k.lower() == b"traceparent"]
-    trace_id, parent, flags = parse_traceparent(tp)
+    trace_id, parent, flag = parse_traceparent(tp)
     if parent_flags is not None:
-        assert f"{trace_id:032x}" == CALLER_TRACE
-        assert (f"{parent:016x}" == CALLER_SPAN) == (not sampled)  # unsampled: the caller's goes on
-    assert flags & 1 == (sampled if parent_flags is None or sampled else int(parent_flags) & 1)
+        assert trace_id.decode() == CALLER_TRACE
+        assert (parent.decode() == CALLER_SPAN) == (not sampled)  # unsampled: the caller's goes on
+    assert flag == (sampled if parent_flags is None or sampled else parent_flags == "01")
+
+
+def tracer(sampler: Sampler) -> TracingHooks:
+    return TracingHooks(sampler, lambda record: True, None)
 
 
 def test_traceidratio_decides_by_trace_id_as_the_sdks_do():
     s = Sampler("traceidratio", 0.25)
-    assert s.sample((1 << 64) // 4 - 1, -1) and not s.sample((1 << 64) // 4, -1)
-    assert s.sample((0xFFFF << 64) | 5, -1)           # only the low 64 bits count
-    start = TraceStart(s)
+    assert s.sample(b"%032x" % ((1 << 64) // 4 - 1), None) and not s.sample(b"%032x" % ((1 << 64) // 4), None)
+    assert s.sample(b"%032x" % ((0xFFFF << 64) | 5), None)           # only the low 64 bits count
+    start = tracer(s)
     kept = 0
     for _ in range(4000):
         ex = ex_with([])
@@ -271,17 +275,17 @@ def test_traceidratio_decides_by_trace_id_as_the_sdks_do():
     b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
     b"garbage"])
 def test_invalid_traceparent_starts_a_new_trace(value):
-    start = TraceStart(Sampler("parentbased_always_on"))
+    start = tracer(Sampler("parentbased_always_on"))
     ex = ex_with([(b"traceparent", value)])
     start.start(ex)
-    assert ex.state[SPAN][2] == 0                      # no parent: a new root
+    assert ex.state[SPAN][2] == b""                    # no parent: a new root
     [tp] = [v for k, v in ex.request_headers if k == b"traceparent"]
     assert parse_traceparent(tp) is not None and CALLER_TRACE.encode() not in tp
 
 
 def test_a_future_version_is_read_by_its_known_fields():
     got = parse_traceparent(f"01-{CALLER_TRACE}-{CALLER_SPAN}-01-future".encode())
-    assert got == (int(CALLER_TRACE, 16), int(CALLER_SPAN, 16), 1)
+    assert got == (CALLER_TRACE.encode(), CALLER_SPAN.encode(), True)
 
 
 def test_otel_config_from_the_standard_variables():
@@ -312,21 +316,22 @@ def test_otel_config_from_the_standard_variables():
 
 def test_span_bytes_decode_with_the_package_for_odd_values():
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-    span = [2**128 - 1, 2**64 - 1, 1, b"[::1]:8080", None, [(5.0, "notify", "r\u00e9gle", "complete")]]
-    record = (span, "BREW", "/caf\u00e9", None, 0, "::1", "1.0", "https", None, False, 1.0, 0.0, 6.0)
+    span = [b"f" * 32, b"f" * 16, b"%016x" % 1, [(5.0, "notify", "r\u00e9gle", "complete")]]
+    headers = [(b"HOST", b"[::1]:8080"), (b"TraceState", b"a=1")]
+    record = (span, headers, "BREW", "/caf\u00e9", None, 0, "::1", "1.0", "https", None, False, 1.0, 0.0, 6.0)
     msg = ExportTraceServiceRequest.FromString(encode_traces([record], b"", b""))
     [s] = msg.resource_spans[0].scope_spans[0].spans
     a = attrs(s.attributes)
     assert s.trace_id == b"\xff" * 16 and s.span_id == b"\xff" * 8 and s.parent_span_id == (1).to_bytes(8, "big")
     assert s.name == "_OTHER" and a["http.request.method_original"] == "BREW" and a["url.path"] == "/caf\u00e9"
     assert a["server.address"] == "::1" and a["server.port"] == 8080 and a["error.type"] == "_OTHER"
-    assert "http.response.status_code" not in a and s.flags == 0x301
+    assert "http.response.status_code" not in a and s.flags == 0x301 and s.trace_state == "a=1"
     assert s.end_time_unix_nano - s.start_time_unix_nano == 5_000_000_000
     assert [(e.name, attrs(e.attributes)["rule.name"]) for e in s.events] == [("rule.notify", "r\u00e9gle")]
 
 
 def test_the_app_gets_exactly_one_traceparent():
-    start = TraceStart(Sampler("always_on"))
+    start = tracer(Sampler("always_on"))
     ex = ex_with([(b"traceparent", b"junk"), (b"x", b"y")])
     start.start(ex)
     assert [k for k, _ in ex.request_headers].count(b"traceparent") == 1
