@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from binascii import unhexlify
 import gzip
 import logging
 import time
@@ -141,7 +142,6 @@ def _shape(key: tuple) -> bytes:
 
 
 _UPSTREAM = _FLAGS_LOCAL_PARENT + _ld(5, b"upstream") + b"\x30\x01"
-_fromhex = bytes.fromhex
 
 
 def encode_span(record: tuple, offset_ns: int) -> bytes:
@@ -160,11 +160,11 @@ def encode_span(record: tuple, offset_ns: int) -> bytes:
             tracestate = value
     key = (method, path, route, status, client, host, version, scheme, error, replaced)
     shape = _SHAPES.get(key) or _shape(key)
-    tid = _fromhex(trace_id.decode())
-    sid = _fromhex(span_id.decode())
+    tid = unhexlify(trace_id)
+    sid = unhexlify(span_id)
     start = int(t_start * 1e9) + offset_ns
     parts = [b"\x0a\x10", tid, b"\x12\x08", sid,
-             b"\x22\x08" + _fromhex(parent_id.decode()) + _FLAGS_REMOTE_PARENT if parent_id else _FLAGS_ROOT,
+             b"\x22\x08" + unhexlify(parent_id) + _FLAGS_REMOTE_PARENT if parent_id else _FLAGS_ROOT,
              pack("<BQBQ", 0x39, start, 0x41, int(t_end * 1e9) + offset_ns), shape]
     if tracestate:
         parts.append(_ld(3, tracestate))

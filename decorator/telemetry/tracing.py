@@ -26,6 +26,7 @@ TRACE_ID, SPAN_ID, PARENT_ID, EVENTS = range(4)
 # future version's four.
 _TRACEPARENT = re.compile(rb"(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(?:-.*)?",
                           re.DOTALL)
+_match = _TRACEPARENT.fullmatch
 _SAMPLED_DIGITS = frozenset(b"13579bdf")  # the last hex digit of the flags has the sampled bit set
 _ROOT_NEVER, _ROOT_ALWAYS, _ROOT_RATIO = 0, 1, 2
 
@@ -72,45 +73,47 @@ class TracingHooks(Hooks):
                  request: Callable[[Exchange], None] | None = None) -> None:
         self.sampler = sampler
         self.submit = submit
-        self.complete = complete
+        self.complete = complete if complete is not None else _nothing
         self.request = request
-        self.on_request = self.start
+        self.follow_parent = sampler.parent_based
+        self.on_request = self.start if request is None else self._start_after_request
         self.on_complete = self.end
 
+    def _start_after_request(self, ex: Exchange) -> None:
+        self.request(ex)  # type: ignore[misc]
+        self.start(ex)
+
     def start(self, ex: Exchange) -> None:
-        if self.request is not None:
-            self.request(ex)
         headers = ex.request_headers
-        at = -1
-        for i, (name, _) in enumerate(headers):
+        at = 0
+        for name, value in headers:
             if len(name) == 11 and name.lower() == b"traceparent":
-                at = i
-                break
-        got = parse_traceparent(headers[at][1]) if at >= 0 else None
-        if got is not None:
-            trace_id, parent_id, sampled = got
-            if not self.sampler.sample(trace_id, sampled):
-                return None  # not recorded: the caller's traceparent goes on unchanged
+                # parse_traceparent, inline: this runs for every exchange
+                if _match(value) is not None and (len(value) == 55 or value[:2] != b"00"):
+                    trace_id = value[3:35]
+                    if not (value[54] in _SAMPLED_DIGITS if self.follow_parent
+                            else self.sampler.sample(trace_id, None)):
+                        return None  # not recorded: the caller's traceparent goes on unchanged
+                    span_id = b"%016x" % (getrandbits(64) or 1)
+                    headers[at] = (name, b"00-" + trace_id + b"-" + span_id + b"-01")
+                    _keep(ex, [trace_id, span_id, value[36:52], None])
+                    return None
+                break  # invalid: replaced by a new trace's
+            at += 1
         else:
-            trace_id = b"%032x" % (getrandbits(128) or 1)
-            parent_id = b""
-            if not self.sampler.sample(trace_id, None):
-                # Not recorded either, but the app learns the decision (parent-based samplers follow it).
-                _put(headers, at, b"00-%s-%016x-00" % (trace_id, getrandbits(64) or 1))
-                return None
+            at = -1
+        trace_id = b"%032x" % (getrandbits(128) or 1)
+        if not self.sampler.sample(trace_id, None):
+            # Not recorded either, but the app learns the decision (parent-based samplers follow it).
+            _put(headers, at, b"00-%s-%016x-00" % (trace_id, getrandbits(64) or 1))
+            return None
         span_id = b"%016x" % (getrandbits(64) or 1)
         _put(headers, at, b"00-" + trace_id + b"-" + span_id + b"-01")
-        span = [trace_id, span_id, parent_id, None]
-        st = ex.state
-        if st is None:
-            ex.state = {SPAN: span}
-        else:
-            st[SPAN] = span
+        _keep(ex, [trace_id, span_id, b"", None])
         return None
 
     def end(self, ex: Exchange) -> None:
-        if self.complete is not None:
-            self.complete(ex)
+        self.complete(ex)
         st = ex.state
         if st is None:
             return
@@ -119,6 +122,18 @@ class TracingHooks(Hooks):
             return
         self.submit((span, ex.request_headers, ex.method, ex.path, ex.route, ex.status, ex.client, ex.version,
                      ex.scheme, ex.error, ex.replaced, ex.t_start, ex.t_response, ex.t_end or time.monotonic()))
+
+
+def _nothing(ex: Exchange) -> None:
+    pass
+
+
+def _keep(ex: Exchange, span: list) -> None:
+    st = ex.state
+    if st is None:
+        ex.state = {SPAN: span}
+    else:
+        st[SPAN] = span
 
 
 def _put(headers: list, at: int, value: bytes) -> None:
