@@ -18,9 +18,13 @@
 #   decorator+rules     the same with bench/rules/card.yaml
 #   decorator+100rules  the same with card.yaml and nomatch100.yaml
 #   decorator-pure      `decorator run` with DECORATOR_PURE_PYTHON=1 (pure Python even when compiled)
+#   decorator+tracing   `decorator run` with OTLP tracing on and every request sampled (always_on; spans
+#                       exported in batches to the upstream nginx, which answers /v1/traces 200)
+#   decorator-pure+tracing  the same in pure Python
 # then the ratios (exit 1 when a target fails or a row it needs is missing):
 #   decorator / nginx <= 3.5, decorator+rules / decorator <= 1.10, decorator-pure / round1 <= 1.05,
-#   decorator / round1 and decorator+100rules / decorator as information.
+#   decorator+tracing / decorator <= 1.15 (issue 13), decorator / round1, decorator+100rules / decorator
+#   and decorator-pure+tracing / decorator-pure as information.
 #
 # Each row: the proxy runs under valgrind with instrumentation off; after 500 warm-up requests
 # (10 keep-alive connections) instrumentation goes on for N requests, then off, and the count is
@@ -29,7 +33,7 @@ set -u
 cd "$(dirname "$0")/.."
 REPO=$PWD
 N=${N:-3000}
-ROWS=${ROWS:-nginx round1 decorator decorator+rules decorator+100rules decorator-pure}
+ROWS=${ROWS:-nginx round1 decorator decorator+rules decorator+100rules decorator-pure decorator+tracing decorator-pure+tracing}
 . bench/baseline.sh
 UP_PORT=${UP_PORT:-18287}
 PX_PORT=${PX_PORT:-18280}
@@ -47,7 +51,8 @@ events { worker_connections 1024; }
 http { access_log off; keepalive_requests 1000000;
   client_body_temp_path $WORK/up/b; proxy_temp_path $WORK/up/p; fastcgi_temp_path $WORK/up/f;
   uwsgi_temp_path $WORK/up/u; scgi_temp_path $WORK/up/s;
-  server { listen 127.0.0.1:$UP_PORT; location = / { return 200 "hello world\n"; } } }
+  server { listen 127.0.0.1:$UP_PORT; location = / { return 200 "hello world\n"; }
+    location = /v1/traces { return 200; } location = /v1/metrics { return 200; } } }
 EOF
 mkdir -p "$WORK/px/logs"
 cat > "$WORK/px/nginx.conf" <<EOF
@@ -93,7 +98,9 @@ row() {  # row LABEL [VAR=value ...] CMD...
   local label=$1 envs=(); shift
   while [[ "$1" =~ ^[A-Z_][A-Z0-9_]*= ]]; do envs+=("$1"); shift; done
   rm -f "$WORK"/cg.out*
-  env -u RULES -u DASHBOARD -u MOTHERSHIP -u LOG_LEVEL -u DECORATOR_PURE_PYTHON -u PYTHONPATH "${envs[@]}" \
+  env -u RULES -u DASHBOARD -u MOTHERSHIP -u LOG_LEVEL -u DECORATOR_PURE_PYTHON -u PYTHONPATH \
+    -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_METRICS_ENDPOINT \
+    -u OTEL_TRACES_SAMPLER -u OTEL_SDK_DISABLED "${envs[@]}" \
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" "$@" >"$WORK/$label.log" 2>&1 &
   local pid=$!
   if ! wait_port "$PX_PORT"; then
@@ -120,6 +127,7 @@ row() {  # row LABEL [VAR=value ...] CMD...
 # -P: no working directory on sys.path, so which `decorator` is imported depends on PYTHONPATH only
 # (the round1 row sets it; bench/baseline.sh says why).
 DEC=("$PY" -P -m decorator run --port "$PX_PORT" --target "$UP_PORT" --admin-port 0)
+SELF=PYTHONPATH="$REPO"  # this tree's code, whichever tree the venv was installed from
 want() { case " $ROWS " in *" $1 "*) return 0;; esac; return 1; }
 declare -A IR=()
 MISSING=()
@@ -134,10 +142,13 @@ if want round1; then
     echo "round1: not measured (see above)"; MISSING+=(round1)
   fi
 fi
-want decorator && row decorator "${DEC[@]}"
-want decorator+rules && row decorator+rules "${DEC[@]}" --rules bench/rules/card.yaml
-want decorator+100rules && row decorator+100rules "${DEC[@]}" --rules bench/rules/card.yaml bench/rules/nomatch100.yaml
-want decorator-pure && row decorator-pure DECORATOR_PURE_PYTHON=1 "${DEC[@]}"
+want decorator && row decorator "$SELF" "${DEC[@]}"
+want decorator+rules && row decorator+rules "$SELF" "${DEC[@]}" --rules bench/rules/card.yaml
+want decorator+100rules && row decorator+100rules "$SELF" "${DEC[@]}" --rules bench/rules/card.yaml bench/rules/nomatch100.yaml
+want decorator-pure && row decorator-pure "$SELF" DECORATOR_PURE_PYTHON=1 "${DEC[@]}"
+OTEL=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$UP_PORT" OTEL_TRACES_SAMPLER=always_on)
+want decorator+tracing && row decorator+tracing "$SELF" "${OTEL[@]}" "${DEC[@]}"
+want decorator-pure+tracing && row decorator-pure+tracing "$SELF" DECORATOR_PURE_PYTHON=1 "${OTEL[@]}" "${DEC[@]}"
 rm -rf "$WORK"
 
 # Ratios against Tunnel v2's targets. A target whose rows were not both measured is skipped when
@@ -164,5 +175,7 @@ ratio "decorator+rules / decorator" decorator+rules decorator "<= 1.10"
 ratio "decorator+100rules / decorator" decorator+100rules decorator info
 ratio "decorator / round1" decorator round1 info
 ratio "decorator-pure / round1" decorator-pure round1 "<= 1.05"
+ratio "decorator+tracing / decorator" decorator+tracing decorator "<= 1.15"
+ratio "decorator-pure+tracing / decorator-pure" decorator-pure+tracing decorator-pure info
 [ ${#MISSING[@]} -eq 0 ] || { echo "# rows that did not run: ${MISSING[*]}"; FAIL=1; }
 exit $FAIL

@@ -59,6 +59,12 @@ class Poster:
         self._client: Any = None
         self._errors: tuple[type[BaseException], ...] = (OSError,)
 
+    def warm(self) -> None:
+        """Make the client now (importing httpx takes tens of milliseconds): for a sender that will
+        certainly post, so the first post does not pay it in the middle of traffic."""
+        if self._client is None:
+            self._make()
+
     def _make(self) -> Any:
         import httpx
         self._client = httpx.AsyncClient(headers=self.headers, follow_redirects=False, trust_env=False,

@@ -321,8 +321,10 @@ class OtlpExporter:
         self._resource = _resource_bytes(self.config.resource)
         self._scope = _scope_bytes()
         if self.traces is not None:
+            self._trace_poster.warm()
             await self.traces.start()
         if self.metric_delivery is not None:
+            self._metric_poster.warm()
             await self.metric_delivery.start()
             self._task = asyncio.create_task(self._metrics_loop(), name="otlp-metrics")
 
