@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import textwrap
 
 import httpx
@@ -17,7 +21,7 @@ from decorator.settings import Settings
 from decorator.telemetry import OtelConfig
 from decorator.telemetry.otlp import encode_traces
 from decorator.telemetry.tracing import SPAN, Sampler, TracingHooks, parse_traceparent
-from tests.support import free_port
+from tests.support import free_port, wait_port
 from tests.telemetry.helpers import wait_until
 from tests.telemetry.otlp_helpers import EchoApp, OtlpReceiver, attrs
 
@@ -338,3 +342,39 @@ def test_the_app_gets_exactly_one_traceparent():
     ex = ex_with([(b"x", b"y")])
     start.start(ex)
     assert json.dumps([k.decode() for k, _ in ex.request_headers]) == '["x", "traceparent"]'
+
+
+async def test_decorator_run_reads_the_variables_and_flushes_spans_at_shutdown(echo, collector, tmp_path):
+    """The real CLI in a child process: OTEL_* and the Downward API's variables from its environment;
+    a batch delay of an hour, so the span arrives only through the flush at SIGTERM."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DASHBOARD", "MOTHERSHIP", "RULES"))}
+    env.update(OTEL_EXPORTER_OTLP_ENDPOINT=collector.url, OTEL_BSP_SCHEDULE_DELAY="3600000",
+               OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG="0",
+               POD_NAME="web-abc", POD_NAMESPACE="prod", OTEL_SERVICE_NAME="web")
+    log = tmp_path / "run.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "decorator", "run", "--host", "127.0.0.1", "--port",
+                                 str(port), "--admin-port", "0", "--target", str(echo.port)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env)
+    try:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, wait_port, port, proc)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            sampled = await client.get("/a", headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"})
+            unsampled = await client.get("/b")          # a root, and the ratio is 0: not recorded
+        assert sampled.json()["traceparent"][0].endswith("-01")
+        assert unsampled.json()["traceparent"][0].endswith("-00")
+        await asyncio.sleep(0.2)
+        assert collector.spans() == []                  # still waiting for its batch
+        proc.send_signal(signal.SIGTERM)
+        assert await loop.run_in_executor(None, proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    await wait_until(lambda: collector.spans(), what="the spans flushed at shutdown")
+    spans = collector.spans()
+    assert {s.name for _, s in spans} == {"GET", "upstream"}
+    res = spans[0][0]
+    assert (res["service.name"], res["k8s.pod.name"], res["k8s.namespace.name"]) == ("web", "web-abc", "prod")
+    assert all(s.trace_id.hex() == CALLER_TRACE for _, s in spans)
