@@ -142,7 +142,7 @@ class Delivery:
                  concurrency: int = 1, hold: bool = False, drop_oldest: bool = False,
                  retries: int | None | Callable[[list], int] = 3, backoff: float = 0.5, backoff_max: float = 30.0,
                  jitter: bool = False, shared_backoff: bool = True, on_settled: Settled | None = None, logger: logging.Logger = log,
-                 warn_every: float = 60.0) -> None:
+                 warn_every: float = 60.0, label: Callable[[list], str] | None = None) -> None:
         if hold and concurrency != 1:
             raise ValueError("hold keeps batches at the head of the queue: one worker only")
         self.name = name
@@ -162,6 +162,7 @@ class Delivery:
         self.on_settled = on_settled
         self.log = logger
         self.warn_every = warn_every
+        self.label = label  # names a batch in warnings (notify: the rule and its URL), one warning per label
         self.sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep  # tests observe the delays
         self.sent = self.failed = self.dropped = self.retried = 0
         self.failures = 0                   # consecutive failed attempts
@@ -275,7 +276,8 @@ class Delivery:
             if self.hold and self.closing and r.outcome == RETRY:
                 return "failed"    # stays queued: close() counts what is left as dropped
             if r.outcome == REJECT or self.closing or (limit is not None and attempt >= limit):
-                self.warn(self.name, "%s: giving up on %d item(s) after %d attempt(s) (%s)", self.name,
+                label = self.label(batch) if self.label is not None else self.name
+                self.warn(label, "%s: giving up on %d item(s) after %d attempt(s) (%s)", label,
                           len(batch), attempt + 1, r.reason)
                 self._settle(self._release(batch), "failed")
                 return "failed"

@@ -170,3 +170,18 @@ async def test_poster_down_and_black_hole_are_retries_bounded_by_the_timeout():
         await hole.stop()
     assert down.outcome == RETRY and "Connect" in down.reason
     assert stuck.outcome == RETRY and "no answer within 0.2s" in stuck.reason
+
+
+async def test_warnings_are_throttled_per_label(caplog):
+    send = Script(*[Result(REJECT, "HTTP 403")] * 4)
+    d = Delivery("notify", send, shared_backoff=False, label=lambda batch: f"notify {batch[0]}")
+    await d.start()
+    with caplog.at_level("WARNING", logger="decorator.delivery"):
+        for item in ("a", "a", "b", "a"):
+            d.submit(item)
+        await wait_until(lambda: len(send.batches) == 4, what="four rejections")
+    await d.close()
+    giving_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
+    assert giving_up == ["notify a: giving up on 1 item(s) after 1 attempt(s) (HTTP 403)",
+                         "notify b: giving up on 1 item(s) after 1 attempt(s) (HTTP 403)"]
+    assert d.dropped == 4

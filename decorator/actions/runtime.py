@@ -55,7 +55,8 @@ class Runtime:
         self.delivery = Delivery("notify", self._send, queue_size=queue_size, concurrency=concurrency,
                                  retries=lambda batch: batch[0][2].retries, backoff=backoff,
                                  backoff_max=backoff_max, shared_backoff=False, on_settled=self._settled,
-                                 logger=log, warn_every=WARN_EVERY)
+                                 logger=log, warn_every=WARN_EVERY,
+                                 label=lambda batch: f"notify {batch[0][0]} ({batch[0][2].url})")
         self._queue = self.delivery.queue
         self._action_state: dict[tuple, dict] = {}
 
@@ -88,8 +89,6 @@ class Runtime:
     async def _send(self, batch: list) -> Result:
         rule, event, target = batch[0]
         r = await self._poster.post(target.url, json.dumps(event).encode(), target.headers, target.timeout)
-        if r.outcome == "reject":
-            self.delivery.warn(rule, "notify %s: %s answered %s; not retried", rule, target.url, r.reason)
         return r
 
     def _settled(self, items: list, how: str) -> None:
