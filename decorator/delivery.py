@@ -109,6 +109,7 @@ class Pending(deque):
 
 
 Send = Callable[[list], Awaitable[Result]]
+_NEVER = 1 << 62
 # (the items of a batch, "sent" | "failed" | "dropped"): per-item accounting (notify counts per rule).
 Settled = Callable[[list, str], None]
 
@@ -171,7 +172,7 @@ class Delivery:
         self.last_error: str | None = None
         self.closing = False
         self._wake = asyncio.Event()
-        self._wake_at = 1                   # queue length at which submit wakes the dispatcher
+        self._wake_at = _NEVER              # queue length at which submit wakes the dispatcher (when it waits)
         self._task: asyncio.Task | None = None
         self._inflight: set[asyncio.Task] = set()
         self._slots: asyncio.Semaphore | None = None
@@ -235,7 +236,7 @@ class Delivery:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
         finally:
-            self._wake_at = 1
+            self._wake_at = _NEVER  # not waiting: submit skips the wake-up (it checks the queue first)
 
     def _take(self) -> list:
         q = self.queue
