@@ -378,3 +378,21 @@ async def test_decorator_run_reads_the_variables_and_flushes_spans_at_shutdown(e
     res = spans[0][0]
     assert (res["service.name"], res["k8s.pod.name"], res["k8s.namespace.name"]) == ("web", "web-abc", "prod")
     assert all(s.trace_id.hex() == CALLER_TRACE for _, s in spans)
+
+
+@pytest.mark.parametrize("error", [None, "upstream_timeout"])
+def test_the_upstream_child_span(error):
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    span = [CALLER_TRACE.encode(), b"0123456789abcdef", b"", None]
+    status = 504 if error else 200
+    record = (span, [(b"Host", b"h")], "GET", "/x", None, status, "10.0.0.1", "1.1", "http", error, False,
+              1.0, 3.0, 4.0)
+    msg = ExportTraceServiceRequest.FromString(encode_traces([record], b"", b""))
+    server, child = msg.resource_spans[0].scope_spans[0].spans
+    assert child.name == "upstream" and child.parent_span_id == server.span_id != child.span_id
+    assert child.trace_id == server.trace_id and child.kind == child.SPAN_KIND_INTERNAL
+    assert child.end_time_unix_nano - child.start_time_unix_nano == 2_000_000_000
+    assert attrs(child.attributes).get("error.type") == error
+    assert child.status.code == (child.status.STATUS_CODE_ERROR if error else child.status.STATUS_CODE_UNSET)
+    assert attrs(server.attributes)["error.type"] == (error or None) if error else "error.type" not in attrs(
+        server.attributes)
