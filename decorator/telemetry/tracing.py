@@ -76,6 +76,8 @@ class TracingHooks(Hooks):
         self.complete = complete if complete is not None else _nothing
         self.request = request
         self.follow_parent = sampler.parent_based
+        self.root = sampler.root    # the root decision, inline in start() (Sampler.sample's)
+        self.bound = sampler.bound
         self.on_request = self.start if request is None else self._start_after_request
         self.on_complete = self.end
 
@@ -103,13 +105,22 @@ class TracingHooks(Hooks):
         else:
             at = -1
         trace_id = b"%032x" % (getrandbits(128) or 1)
-        if not self.sampler.sample(trace_id, None):
-            # Not recorded either, but the app learns the decision (parent-based samplers follow it).
+        root = self.root
+        if root != _ROOT_ALWAYS and (root == _ROOT_NEVER or int(trace_id[16:], 16) >= self.bound):
+            # Not recorded, but the app learns the decision (parent-based samplers follow it).
             _put(headers, at, b"00-%s-%016x-00" % (trace_id, getrandbits(64) or 1))
             return None
         span_id = b"%016x" % (getrandbits(64) or 1)
-        _put(headers, at, b"00-" + trace_id + b"-" + span_id + b"-01")
-        _keep(ex, [trace_id, span_id, b"", None])
+        value = b"00-" + trace_id + b"-" + span_id + b"-01"
+        if at >= 0:
+            headers[at] = (headers[at][0], value)
+        else:
+            headers.append((b"traceparent", value))
+        st = ex.state
+        if st is None:
+            ex.state = {SPAN: [trace_id, span_id, b"", None]}
+        else:
+            st[SPAN] = [trace_id, span_id, b"", None]
         return None
 
     def end(self, ex: Exchange) -> None:
