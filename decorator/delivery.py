@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import random
 import time
@@ -40,6 +39,7 @@ def retry_after(value: str | None, cap: float) -> float | None:
     try:
         secs = float(value)
     except ValueError:
+        import email.utils  # rare (most receivers send seconds); not loaded by every sidecar at start
         try:
             secs = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
         except (TypeError, ValueError):
