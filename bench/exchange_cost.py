@@ -8,12 +8,17 @@ Python work decorator adds per exchange, with the hooks `decorator run` would at
     .venv/bin/python bench/exchange_cost.py                          # tunnel + telemetry (the `decorator` row)
     .venv/bin/python bench/exchange_cost.py --rules bench/rules/card.yaml
     .venv/bin/python bench/exchange_cost.py --no-hooks --browser     # bare tunnel, a 10-field browser request
+    .venv/bin/python bench/exchange_cost.py --tracing                # + OTLP tracing, every request sampled
     .venv/bin/python bench/exchange_cost.py --profile                # cProfile of 100k exchanges (pure Python)
     LOOPN=2000 valgrind --tool=callgrind .venv/bin/python bench/exchange_cost.py   # instructions (see --help)
 
 It prints ns per exchange (best of 5 runs of 100k). For instruction counts, run it under callgrind
 twice with LOOPN=2000 and LOOPN=6000 (just that many exchanges, no timing) and divide the
 difference by 4000: start-up cancels out and the figure is deterministic.
+
+--tracing turns on what OTEL_EXPORTER_OTLP_ENDPOINT turns on (always_on sampler, a traceparent in each
+request): the trace hooks on the request path, and the export work too: each full batch of spans
+is encoded to its OTLP body in the loop, as the exporter would (only the post itself is left out).
 
 The hot path is compiled with Cython when a compiler was present at install; cProfile cannot see
 into compiled functions, so --profile re-runs itself with DECORATOR_PURE_PYTHON=1 (the pure-Python
@@ -74,10 +79,14 @@ class _Transport:
 
 async def main(args: argparse.Namespace) -> None:
     server = ProxyServer(("127.0.0.1", 1))
+    otlp = None
     if not args.no_hooks:
-        app = App(Settings(rules=tuple(args.rules)))
+        otel_env = (("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1"), ("OTEL_TRACES_SAMPLER", "always_on"),
+                    ("OTEL_METRICS_EXPORTER", "none")) if args.tracing else ()
+        app = App(Settings(rules=tuple(args.rules), otel_env=otel_env))
         app.load_rules()  # the hooks `decorator run` attaches: telemetry, then the compiled rules
         server.hooks = app.proxy.hooks
+        otlp = app.telemetry.otlp
     client = ClientConnection(server)
     client_t = _Transport()
     client.connection_made(client_t)
@@ -89,6 +98,22 @@ async def main(args: argparse.Namespace) -> None:
     def one() -> None:
         client.data_received(request)
         up.data_received(RESPONSE)
+
+    if args.traceparent or args.tracing:
+        request = request.replace(b"\r\n\r\n", b"\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-"
+                                                 b"00f067aa0ba902b7-01\r\n\r\n")
+    if otlp is not None:
+        from decorator.telemetry.otlp import _resource_bytes, _scope_bytes, encode_traces
+        queue, batch = otlp.traces.queue, otlp.config.max_batch
+        resource, scope = _resource_bytes(otlp.config.resource), _scope_bytes()
+        proxied = one
+
+        def one() -> None:
+            proxied()
+            if len(queue) >= batch:  # what the exporter's task does with each full batch
+                batch_ = [queue.popleft() for _ in range(batch)]
+                if not os.environ.get("NOENC"):
+                    encode_traces(batch_, resource, scope)
 
     one()
     if client_t.writes != 1 or server.pool.idle[-1] is not up:
@@ -113,7 +138,7 @@ async def main(args: argparse.Namespace) -> None:
         return
     best = min(timeit.repeat(one, number=n, repeat=5))
     hooks = "no hooks" if args.no_hooks else ("telemetry + rules " + " ".join(args.rules) if args.rules
-                                              else "telemetry")
+                                              else "telemetry") + (" + tracing" if args.tracing else "")
     print(f"{best / n * 1e9:.0f} ns per exchange ({hooks}; {'browser' if args.browser else 'wrk'} request; "
           f"{build()} build)")
 
@@ -130,9 +155,12 @@ if __name__ == "__main__":
     p.add_argument("--no-hooks", action="store_true", help="the bare tunnel: no telemetry, no rules")
     p.add_argument("--browser", action="store_true", help="a 10-field browser request instead of wrk's")
     p.add_argument("--profile", action="store_true", help="print a cProfile of 100k exchanges")
+    p.add_argument("--tracing", action="store_true", help="OTLP tracing on, every request sampled (see above)")
+    p.add_argument("--traceparent", action="store_true",
+                   help="a traceparent field in the request (what --tracing sends), tracing on or not")
     a = p.parse_args()
-    if a.no_hooks and a.rules:
-        sys.exit("--no-hooks and --rules exclude each other")
+    if a.no_hooks and (a.rules or a.tracing):
+        sys.exit("--no-hooks excludes --rules and --tracing")
     if a.profile and os.environ.get("DECORATOR_PURE_PYTHON") != "1":
         # The build is chosen at import, which has happened: start again with pure Python.
         print("exchange_cost: --profile runs with DECORATOR_PURE_PYTHON=1 (cProfile cannot see into "

@@ -21,10 +21,14 @@
 #                       the requests are for /)
 #   decorator-pure+rules, decorator-pure+api   decorator+rules and decorator+api with DECORATOR_PURE_PYTHON=1
 #   decorator-pure      `decorator run` with DECORATOR_PURE_PYTHON=1 (pure Python even when compiled)
+#   decorator+tracing   `decorator run` with OTLP tracing on and every request sampled (always_on; spans
+#                       exported in batches to the upstream nginx, which answers /v1/traces 200)
+#   decorator-pure+tracing  the same in pure Python
 # then the ratios (exit 1 when a target fails or a row it needs is missing):
 #   decorator / nginx <= 3.5, decorator+rules / decorator <= 1.10, decorator-pure / round1 <= 1.05,
 #   decorator+api / decorator <= 1.10 (issue 11), decorator / round1, decorator+100rules / decorator
-#   and decorator-pure+api / decorator-pure as information.
+#   decorator+tracing / decorator <= 1.15 (issue 13), and decorator-pure+api / decorator-pure,
+#   decorator-pure+tracing / decorator-pure as information.
 # PY (default .venv/bin/python) and DECORATOR_SRC (a source tree put on PYTHONPATH for every row but
 # round1, e.g. a git worktree running pure Python) choose what is measured.
 #
@@ -35,7 +39,7 @@ set -u
 cd "$(dirname "$0")/.."
 REPO=$PWD
 N=${N:-3000}
-ROWS=${ROWS:-nginx round1 decorator decorator+rules decorator+100rules decorator+api decorator-pure decorator-pure+api}
+ROWS=${ROWS:-nginx round1 decorator decorator+rules decorator+100rules decorator+api decorator-pure decorator-pure+api decorator+tracing}
 . bench/baseline.sh
 UP_PORT=${UP_PORT:-18287}
 PX_PORT=${PX_PORT:-18280}
@@ -53,7 +57,8 @@ events { worker_connections 1024; }
 http { access_log off; keepalive_requests 1000000;
   client_body_temp_path $WORK/up/b; proxy_temp_path $WORK/up/p; fastcgi_temp_path $WORK/up/f;
   uwsgi_temp_path $WORK/up/u; scgi_temp_path $WORK/up/s;
-  server { listen 127.0.0.1:$UP_PORT; location = / { return 200 "hello world\n"; } } }
+  server { listen 127.0.0.1:$UP_PORT; location = / { return 200 "hello world\n"; }
+    location = /v1/traces { return 200; } location = /v1/metrics { return 200; } } }
 EOF
 mkdir -p "$WORK/px/logs"
 cat > "$WORK/px/nginx.conf" <<EOF
@@ -99,7 +104,9 @@ row() {  # row LABEL [VAR=value ...] CMD...
   local label=$1 envs=(); shift
   while [[ "$1" =~ ^[A-Z_][A-Z0-9_]*= ]]; do envs+=("$1"); shift; done
   rm -f "$WORK"/cg.out*
-  env -u RULES -u DASHBOARD -u MOTHERSHIP -u LOG_LEVEL -u DECORATOR_PURE_PYTHON -u PYTHONPATH "${envs[@]}" \
+  env -u RULES -u DASHBOARD -u MOTHERSHIP -u LOG_LEVEL -u DECORATOR_PURE_PYTHON -u PYTHONPATH \
+    -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT -u OTEL_EXPORTER_OTLP_METRICS_ENDPOINT \
+    -u OTEL_TRACES_SAMPLER -u OTEL_SDK_DISABLED "${envs[@]}" \
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" "$@" >"$WORK/$label.log" 2>&1 &
   local pid=$!
   if ! wait_port "$PX_PORT"; then
@@ -126,7 +133,7 @@ row() {  # row LABEL [VAR=value ...] CMD...
 # -P: no working directory on sys.path, so which `decorator` is imported depends on PYTHONPATH only
 # (the round1 row sets it; bench/baseline.sh says why).
 DEC=("$PY" -P -m decorator run --port "$PX_PORT" --target "$UP_PORT" --admin-port 0)
-SRC=(${DECORATOR_SRC:+PYTHONPATH=$DECORATOR_SRC})
+SRC=(PYTHONPATH="${DECORATOR_SRC:-$REPO}")  # this tree's code, whichever tree the venv was installed from
 want() { case " $ROWS " in *" $1 "*) return 0;; esac; return 1; }
 declare -A IR=()
 MISSING=()
@@ -150,6 +157,9 @@ want decorator-pure+rules && row decorator-pure+rules "${SRC[@]}" DECORATOR_PURE
   --rules bench/rules/card.yaml
 want decorator-pure+api && row decorator-pure+api "${SRC[@]}" DECORATOR_PURE_PYTHON=1 "${DEC[@]}" \
   --rules bench/rules/card.yaml bench/rules/api.yaml
+OTEL=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$UP_PORT" OTEL_TRACES_SAMPLER=always_on)
+want decorator+tracing && row decorator+tracing "${SRC[@]}" "${OTEL[@]}" "${DEC[@]}"
+want decorator-pure+tracing && row decorator-pure+tracing "${SRC[@]}" DECORATOR_PURE_PYTHON=1 "${OTEL[@]}" "${DEC[@]}"
 rm -rf "$WORK"
 
 # Ratios against Tunnel v2's targets. A target whose rows were not both measured is skipped when
@@ -180,5 +190,7 @@ ratio "decorator+api / decorator" decorator+api decorator "<= 1.10"
 ratio "decorator-pure+rules / decorator-pure" decorator-pure+rules decorator-pure info
 ratio "decorator-pure+api / decorator-pure" decorator-pure+api decorator-pure info
 ratio "decorator-pure+api / decorator-pure+rules" decorator-pure+api decorator-pure+rules info
+ratio "decorator+tracing / decorator" decorator+tracing decorator "<= 1.15"
+ratio "decorator-pure+tracing / decorator-pure" decorator-pure+tracing decorator-pure info
 [ ${#MISSING[@]} -eq 0 ] || { echo "# rows that did not run: ${MISSING[*]}"; FAIL=1; }
 exit $FAIL

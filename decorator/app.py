@@ -14,10 +14,9 @@ import time
 
 from decorator import build
 from decorator.admin import AdminServer, json_response
-from decorator.proxy.hooks import chain
 from decorator.proxy.tunnel import ProxyServer
 from decorator.settings import Settings
-from decorator.telemetry import Telemetry
+from decorator.telemetry import OtelConfig, Telemetry
 from decorator.trim import release_memory
 
 log = logging.getLogger("decorator")
@@ -44,9 +43,11 @@ class App:
         self.started_at = time.time()
         self._stopping = False
         # Prometheus metrics see every exchange; the dashboard's stats come from `record` rules.
+        # OTLP (traces, metrics) only when the OTEL_* variables name an endpoint.
+        otel = OtelConfig.from_env(dict(settings.otel_env), pod=settings.pod)
         self.telemetry = Telemetry(dashboard=settings.dashboard, token=settings.dashboard_token,
                                    pod=settings.pod, record_all=False,
-                                   in_flight=lambda: self.proxy.stats["in_flight"])
+                                   in_flight=lambda: self.proxy.stats["in_flight"], otel=otel)
         self.telemetry.add_source(lambda: self.proxy.stats)
         self.telemetry.add_source(lambda: self.proxy.upstream_stats)
         self.runtime = None
@@ -66,18 +67,19 @@ class App:
     def _swap(self, rules_hooks) -> None:
         self.rules_hooks = rules_hooks
         # One assignment: exchanges in flight keep the Hooks object they started with.
-        self.proxy.hooks = chain(self.telemetry.hooks, rules_hooks)
+        self.proxy.hooks = self.telemetry.wrap(rules_hooks)
         release_memory()  # the build's garbage and (once idle) the replaced rule set
 
     def load_rules(self) -> None:
         """Load the rules before anything listens: invalid rules stop the start (RulesInvalid)."""
         s = self.settings
         if not s.rules:
-            self.proxy.hooks = self.telemetry.hooks
+            self.proxy.hooks = self.telemetry.wrap(None)
             return
         from decorator.actions.runtime import Runtime
         from decorator.reload import Reloader
         self.runtime = Runtime(recorder=self.telemetry.aggregator, pod=s.pod)
+        self.runtime.trace = self.telemetry.rule_event  # span events for the actions rules run (tracing on)
         self.telemetry.add_source(lambda: self.runtime.counters)
         self.reloader = Reloader(s.rules, build=self._build, on_swap=self._swap,
                                  poll_interval=s.reload_poll, watch=s.watch)

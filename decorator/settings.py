@@ -105,6 +105,9 @@ class Settings:
     pod: str = ""                          # POD_NAME, else HOSTNAME
     reload_poll: float = 5.0               # poll of the rules files besides the watch (seconds; 0 = off)
     watch: bool = True                     # False: no watch and no poll, SIGHUP only (--no-watch)
+    # OTEL_* and the Downward API's POD_NAMESPACE / NODE_NAME, as given: telemetry.otel reads them
+    # the way the OTel SDKs do (an invalid value is a warning and its default, not a refusal to start).
+    otel_env: tuple[tuple[str, str], ...] = ()
 
 
 def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
@@ -180,6 +183,8 @@ def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
         pod=env.get("POD_NAME") or env.get("HOSTNAME") or os.uname().nodename,
         reload_poll=reload_poll,
         watch=watch,
+        otel_env=tuple(sorted((k, v) for k, v in env.items()
+                              if k.startswith("OTEL_") or k in ("POD_NAME", "POD_NAMESPACE", "NODE_NAME"))),
     )
 
 

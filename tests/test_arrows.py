@@ -28,6 +28,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "decorator.wire": ("decorator.proxy", "decorator.rules", "decorator.actions", "decorator.telemetry",
                        "decorator.dashboard", "decorator.settings"),
     "decorator.units": ("decorator.",),
+    "decorator.delivery": ("decorator.",),
     "decorator.errors": ("decorator.",),
 }
 

@@ -1,20 +1,22 @@
 """Per-process state shared by compiled rule sets: counters, the record sink, the notify and mirror
 senders, the auth service client.
 
-Each sender is background tasks draining a bounded queue with httpx; the request path only ever
-calls `submit` / `mirror` (put_nowait). Imports the standard library and httpx (lazily); nothing
-from proxy, rules or telemetry.
+Notify events go through the shared delivery client (decorator.delivery: bounded queue, retries with
+backoff and Retry-After, throttled warnings); the request path only ever calls `submit` / `mirror` (put_nowait). Imports the
+standard library, decorator.delivery and httpx (lazily); nothing from proxy, rules or telemetry.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from decorator.delivery import Delivery, Poster, Result
 
 log = logging.getLogger("decorator.notify")
 log_shadow = logging.getLogger("decorator.rules.shadow")
@@ -27,6 +29,7 @@ COUNTER_NAMES = ("rule_hits", "action_errors", "records", "notify_sent", "notify
                  "retry_budget_exhausted", "retry_not_resendable")
 SHADOW_LOG_EVERY = 60.0  # seconds between two log lines about one shadow rule's would-be actions
 AUTH_BODY_MAX = 64 * 1024  # an auth service's denial body is passed on up to this size
+_SETTLED = {"sent": "notify_sent", "failed": "notify_failed", "dropped": "notify_dropped"}
 
 
 class ServiceError(Exception):
@@ -56,27 +59,36 @@ class Runtime:
         self.recorder = recorder
         self.pod = pod
         self.counters: dict[str, dict[str, int]] = {name: {} for name in COUNTER_NAMES}
-        self.trace = None  # test hook: callable(rule, action, phase) when an action runs
-        self.backoff = backoff
-        self.backoff_max = backoff_max
-        self.retry_after_max = retry_after_max
+        self.trace = None  # callable(rule, action, phase, ex) when an action runs (tests, tracing)
         self.close_timeout = close_timeout
         self.clock = clock           # cooldown/threshold windows (tests pass a fake clock)
-        self.sleep = asyncio.sleep   # backoff waits (tests observe the delays asked for)
-        self._queue: asyncio.Queue = asyncio.Queue(queue_size)
-        self._concurrency = concurrency
-        self._task: asyncio.Task | None = None
-        self._client = None
+        self._poster = Poster({"Content-Type": "application/json", "User-Agent": "decorator-sidecar"},
+                              retry_after_max=retry_after_max, max_connections=max(1, concurrency))
+        # Webhooks of different rules are different receivers: one's outage must not hold back the
+        # others, so retries wait per event (no shared backoff gate) and a slow one holds one slot.
+        self.delivery = Delivery("notify", self._send, queue_size=queue_size, concurrency=concurrency,
+                                 retries=lambda batch: batch[0][2].retries, backoff=backoff,
+                                 backoff_max=backoff_max, shared_backoff=False, on_settled=self._settled,
+                                 logger=log, warn_every=WARN_EVERY,
+                                 label=lambda batch: f"notify {batch[0][0]} ({batch[0][2].url})")
+        self._queue = self.delivery.queue
+        self._action_state: dict[tuple, dict] = {}
         self._clients: dict[str, Any] = {}   # auth, mirror: one httpx client each (a slow mirror target
         #                                       must not hold the connections auth checks need)
         self._mirror_size = mirror_queue
         self._mirror_concurrency = mirror_concurrency
         self._mirror_q: asyncio.Queue | None = None
         self._mirror_tasks: list[asyncio.Task] = []
-        self._inflight: set[asyncio.Task] = set()
-        self._action_state: dict[tuple, dict] = {}
         self._warned: dict[str, float] = {}
         self._shadow_logged: dict[str, tuple[float, int]] = {}  # rule -> (last line, hits since)
+
+    @property
+    def sleep(self) -> Callable:
+        return self.delivery.sleep
+
+    @sleep.setter
+    def sleep(self, fn: Callable) -> None:  # backoff waits (tests observe the delays asked for)
+        self.delivery.sleep = fn
 
     def state_for(self, key: tuple) -> dict:
         """Per-process state an action keeps across reloads (a notify cooldown must not restart
@@ -108,71 +120,20 @@ class Runtime:
     # -- request path side: never waits -------------------------------------------------------
     def submit(self, rule: str, event: dict, target: NotifyTarget) -> bool:
         """Queue one event for sending; False (and counted as dropped) when the queue is full."""
-        try:
-            self._queue.put_nowait((rule, event, target))
-        except asyncio.QueueFull:
-            self.count("notify_dropped", rule)
-            return False
-        return True
+        return self.delivery.submit((rule, event, target))
 
     # -- background side ----------------------------------------------------------------------
     async def start(self) -> None:
-        if self._task is not None:
-            return
-        self._task = asyncio.get_running_loop().create_task(self._drain(), name="decorator-notify")
+        await self.delivery.start()
 
-    async def _drain(self) -> None:
-        sem = asyncio.Semaphore(self._concurrency)
-        while True:
-            await sem.acquire()
-            item = await self._queue.get()
-            t = asyncio.get_running_loop().create_task(self._send_one(item, sem))
-            self._inflight.add(t)
-            t.add_done_callback(self._inflight.discard)
+    async def _send(self, batch: list) -> Result:
+        rule, event, target = batch[0]
+        r = await self._poster.post(target.url, json.dumps(event).encode(), target.headers, target.timeout)
+        return r
 
-    async def _send_one(self, item: tuple, sem: asyncio.Semaphore) -> None:
-        rule, event, target = item
-        try:
-            ok = await self._deliver(event, target)
-            self.count("notify_sent" if ok else "notify_failed", rule)
-        except asyncio.CancelledError:
-            self.count("notify_dropped", rule)
-            raise
-        except Exception:  # a bug here must not kill the sender task
-            log.exception("notify %s: unexpected error", rule)
-            self.count("notify_failed", rule)
-        finally:
-            sem.release()
-            self._queue.task_done()
-
-    async def _deliver(self, event: dict, target: NotifyTarget) -> bool:
-        import httpx  # imported (and the client made) at the first event: idle sidecars stay small
-        if self._client is None:
-            self._client = httpx.AsyncClient(follow_redirects=False)
-        attempt = 0
-        while True:
-            delay = None
-            try:
-                r = await self._client.post(target.url, json=event, headers=list(target.headers),
-                                            timeout=target.timeout)
-                if r.status_code < 400:
-                    return True
-                if r.status_code != 429 and r.status_code < 500:
-                    self._warn(event, "notify %s: %s answered %d; not retried", event.get("rule"), target.url,
-                               r.status_code)
-                    return False
-                delay = self._retry_after(r.headers.get("retry-after"))
-                why = f"status {r.status_code}"
-            except httpx.TransportError as e:  # connect errors, timeouts, resets
-                why = type(e).__name__
-            if attempt >= target.retries:
-                self._warn(event, "notify %s: %s failed after %d attempts (%s)", event.get("rule"), target.url,
-                           attempt + 1, why)
-                return False
-            if delay is None:
-                delay = min(self.backoff * (2 ** attempt), self.backoff_max)
-            attempt += 1
-            await self.sleep(delay)
+    def _settled(self, items: list, how: str) -> None:
+        for rule, _, _ in items:
+            self.count(_SETTLED[how], rule)
 
     def _warn(self, event: dict, msg: str, *args: Any) -> None:
         """One warning per rule per minute: a dead receiver must not flood the log (the counters
@@ -182,20 +143,6 @@ class Runtime:
         if now - self._warned.get(rule, -WARN_EVERY) >= WARN_EVERY:
             self._warned[rule] = now
             log.warning(msg, *args)
-
-    def _retry_after(self, value: str | None) -> float | None:
-        """Retry-After as seconds or an HTTP date, capped so a receiver cannot park the sender."""
-        if not value:
-            return None
-        value = value.strip()
-        try:
-            secs = float(value)
-        except ValueError:
-            try:
-                secs = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-            except (TypeError, ValueError):
-                return None
-        return max(0.0, min(secs, self.retry_after_max))
 
     def http(self, purpose: str) -> Any:
         """The process's httpx.AsyncClient for `purpose` ("auth", "mirror"), made at first use."""
@@ -269,22 +216,8 @@ class Runtime:
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush queued events (bounded by `timeout`, default close_timeout), then stop."""
-        timeout = self.close_timeout if timeout is None else timeout
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._queue.join(), timeout)
-            except TimeoutError:
-                pass
-            self._task.cancel()
-            for t in list(self._inflight):
-                t.cancel()
-            await asyncio.gather(self._task, *self._inflight, return_exceptions=True)
-            self._task = None
-        # Whatever was never taken off the queue is lost: count it, never silently.
-        while not self._queue.empty():
-            rule, _, _ = self._queue.get_nowait()
-            self._queue.task_done()
-            self.count("notify_dropped", rule)
+        await self.delivery.close(self.close_timeout if timeout is None else timeout)
+        await self._poster.close()
         for t in self._mirror_tasks:
             t.cancel()
         await asyncio.gather(*self._mirror_tasks, return_exceptions=True)
@@ -296,6 +229,3 @@ class Runtime:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None

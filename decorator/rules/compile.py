@@ -266,7 +266,7 @@ class RuleHooks(Hooks):
                     self._failed(e.name, action, "request")
                     continue
                 if self._trace is not None:
-                    self._trace(e.name, action, "request")
+                    self._trace(e.name, action, "request", ex)
                 if r is not None:
                     if type(r) is Reply:
                         return self._replied(ex, r)
@@ -370,7 +370,7 @@ class RuleHooks(Hooks):
             self._failed(e.name, action, "response")
             return None
         if self._trace is not None:
-            self._trace(e.name, action, "response")
+            self._trace(e.name, action, "response", ex)
         return r
 
     def _failed(self, rule: str, action: str, phase: str) -> None:
@@ -414,7 +414,7 @@ class CompletePhase:
                     self.failed(e.name, action, "complete")
                     continue
                 if self.trace is not None:
-                    self.trace(e.name, action, "complete")
+                    self.trace(e.name, action, "complete", ex)
 
 
 class Dispatch:

@@ -33,7 +33,7 @@ class CaptureRuntime(Runtime):
         self.fired: list[tuple[str, str, str]] = []
         self.shadowed: list[tuple[str, str, str]] = []
         # A shadow rule's actions are traced as "shadow:<action>": they ran, but did not act.
-        self.trace = lambda rule, action, phase: (
+        self.trace = lambda rule, action, phase, ex=None: (
             None if action.startswith(SHADOW) else self.fired.append((rule, action, phase)))
 
     def shadow_hit(self, rule: str, action: str, what: str, ex: Exchange) -> None:

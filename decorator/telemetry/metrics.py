@@ -27,6 +27,7 @@ DURATION = "http_server_request_duration_seconds"
 ACTIVE = "http_server_active_requests"
 _LABELS = ["http_request_method", "http_route", "http_response_status_class"]
 _BOUNDS_S = [b / 1000.0 for b in LATENCY_BOUNDS_MS]   # the dashboard's buckets, so both views agree
+BOUNDS_S = tuple(_BOUNDS_S)                            # for the other exporters (OTLP)
 _CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")  # 0xx: no response was sent (client gone, ...)
 
 # Counters other parts keep in plain dicts: source key -> (metric name, type, help, label for dict values).
@@ -95,6 +96,17 @@ KNOWN: dict[str, tuple[str, str, str, str | tuple[str, ...] | None]] = {
     "push_dropped": ("decorator_push_dropped", "counter",
                      "Stats batches dropped (buffer full or rejected by the dashboard).", None),
     "push_buffered": ("decorator_push_buffered", "gauge", "Stats batches waiting for the dashboard.", None),
+    # the OTLP exporter (OtlpExporter.counters)
+    "otlp_spans_sent": ("decorator_otlp_spans_sent", "counter", "Spans the OTLP collector accepted.", None),
+    "otlp_spans_dropped": ("decorator_otlp_spans_dropped", "counter",
+                           "Spans dropped (queue full, rejected, or retries spent).", None),
+    "otlp_spans_queued": ("decorator_otlp_spans_queued", "gauge", "Spans waiting for export.", None),
+    "otlp_trace_export_failures": ("decorator_otlp_trace_export_failures", "counter",
+                                   "Span batch posts that failed (retried with backoff).", None),
+    "otlp_metric_exports": ("decorator_otlp_metric_exports", "counter", "Metric snapshots the collector accepted.",
+                            None),
+    "otlp_metric_export_failures": ("decorator_otlp_metric_export_failures", "counter",
+                                    "Metric snapshot posts that failed.", None),
 }
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -171,6 +183,27 @@ class Metrics:
     def _in_flight(self) -> int:
         return self.in_flight_count() if self.in_flight_count is not None else len(self.in_flight)
 
+    # -- what exporters read (Prometheus at scrape, OTLP every interval) ---------------------------------
+    def in_flight_now(self) -> int:
+        return self._in_flight()
+
+    def series(self) -> list[tuple[tuple[str, str, str], _Series]]:
+        """The duration histogram: ((method, route, status class), series with buckets/total/count)."""
+        return list(self._series.items())
+
+    def read_sources(self) -> list[tuple[str, Any, str | None]]:
+        """(key, value, label) of every source's counters now; a source that raises is skipped
+        (logged, counted in source_errors)."""
+        out = []
+        for fn, label in self._sources:
+            try:
+                data = fn()
+                out.extend((key, value, label) for key, value in data.items())
+            except Exception:
+                self.source_errors += 1
+                log.exception("metrics source %r failed", fn)
+        return out
+
     def add_source(self, fn: Source, label: str | None = None) -> None:
         """Export the counters `fn()` returns at each scrape.
 
@@ -209,14 +242,8 @@ class Metrics:
         yield h
         yield GaugeMetricFamily(ACTIVE, "HTTP server requests in flight.", value=self._in_flight())
         families: dict[str, tuple[Metric, bool, set]] = {}
-        for fn, label in self._sources:
-            try:
-                data = fn()
-                for key, value in data.items():
-                    _add(families, key, value, label)
-            except Exception:
-                self.source_errors += 1
-                log.exception("metrics source %r failed", fn)
+        for key, value, label in self.read_sources():
+            _add(families, key, value, label)
         yield from (f for f, _, _ in families.values())
         yield CounterMetricFamily("decorator_metrics_source_errors", "Metric sources that raised at scrape.",
                                   value=self.source_errors)
