@@ -26,7 +26,7 @@ _B = [f"b{i}" for i in range(N_BUCKETS)]
 _S = [f"s{c[0]}" for c in STATUS_CLASSES]                      # s1 .. s5
 _STAT_COLS = ["count", *_S, "lat_sum", *_B, "bytes_in", "bytes_out"]
 _RES_COLS = ["cpu_sum", "cpu_n", "mem_used_sum", "mem_n", "mem_total", "ccpu_sum", "ccpu_n",
-             "cmem_sum", "cmem_n", "cmem_limit"]
+             "cmem_sum", "cmem_n", "cmem_limit", "cshare_sum", "cshare_n"]
 
 # Each migration moves the file one user_version up; a newer file than this code refuses to open.
 _MIGRATIONS: list[str] = [
@@ -79,6 +79,15 @@ _MIGRATIONS: list[str] = [
         message TEXT, payload TEXT NOT NULL);
     CREATE INDEX events_ts ON events(ts);
     """,
+    # span: the seconds a push's deltas cover (the sidecar's interval), for the current rate.
+    # cshare: the container's CPU in % of what it may use (its limit, else the node's cores), so one
+    # axis holds every pod whatever its limit; ccpu stays % of one core as sent.
+    """
+    ALTER TABLE pod_stats ADD COLUMN span REAL;
+    ALTER TABLE resources ADD COLUMN cshare REAL;
+    ALTER TABLE resources_1m ADD COLUMN cshare_sum REAL NOT NULL DEFAULT 0;
+    ALTER TABLE resources_1m ADD COLUMN cshare_n INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 # Raw error samples and events are capped by count too, so a flood cannot fill the disk within retention.
@@ -92,6 +101,7 @@ class StoreConfig:
     raw_keep: float = 900.0            # raw per-push rows kept this long, then rolled up by minute
     minute_keep: float = 8 * 3600.0    # 1-minute rows kept this long, then rolled up by 10 minutes
     stale_after: float = 10.0          # a pod without resources for longer is stale
+    recent: float = 30.0               # the current rate is over the pushes received this long ago
 
 
 class Store:
@@ -162,7 +172,7 @@ class Store:
         with self._wlock, _tx(self._w) as c:
             if rows:
                 c.executemany(_INSERT_STATS, rows)
-                c.execute(_INSERT_POD_STATS, (now, p.pod, *pod_row))
+                c.execute(_INSERT_POD_STATS, (now, p.pod, p.interval, *pod_row))
             if samples:
                 c.executemany("INSERT INTO samples (ts, pod, endpoint, route, method, status, time_ms, "
                               "started, request_id, error) VALUES (?,?,?,?,?,?,?,?,?,?)", samples)
@@ -179,10 +189,14 @@ class Store:
             per_cpu = self._cpu_percents(p.pod, r.cpus)
             cpu = sum(per_cpu) / len(per_cpu) if per_cpu else None
             mem_used = max(r.total_memory - r.free_memory, 0) if r.total_memory else None
+            share = None
+            if ct and ct.cpu_percent is not None:
+                cores, _ = cpu_capacity(ct.cpu_limit_cores, ct.cpu_cores, len(r.cpus))
+                share = round(ct.cpu_percent / cores, 2) if cores else None
             row = (now, p.pod, cpu, mem_used, r.total_memory or None, ct.cpu_percent if ct else None,
-                   ct.memory_usage if ct else None, ct.memory_limit if ct else None)
-            c.execute("INSERT INTO resources (ts, pod, cpu, mem_used, mem_total, ccpu, cmem, cmem_limit) "
-                      "VALUES (?,?,?,?,?,?,?,?)", row)
+                   ct.memory_usage if ct else None, ct.memory_limit if ct else None, share)
+            c.execute("INSERT INTO resources (ts, pod, cpu, mem_used, mem_total, ccpu, cmem, cmem_limit, cshare) "
+                      "VALUES (?,?,?,?,?,?,?,?,?)", row)
             c.execute("INSERT INTO pods (pod, first_seen, last_seen, last_resources, resources_json, cpus_json)"
                       " VALUES (?1, ?2, ?2, ?2, ?3, ?4) ON CONFLICT(pod) DO UPDATE SET last_seen=?2, "
                       "last_resources=?2, resources_json=?3, cpus_json=?4",
@@ -294,6 +308,14 @@ class Store:
             node = res.get("resource") or {}
             cpus = json.loads(cpus_json) if cpus_json else []
             total = node.get("total_memory") or 0
+            container = res.get("container")
+            if container:
+                cores, of = cpu_capacity(container.get("cpu_limit_cores"), container.get("cpu_cores"),
+                                         len(node.get("cpus") or ()))
+                pct = container.get("cpu_percent")
+                # What the card shows is what the chart draws: % of the limit, else of the node's cores.
+                container = {**container, "cpu_capacity_cores": cores, "cpu_capacity": of,
+                             "cpu_share": round(pct / cores, 2) if pct is not None and cores else None}
             out.append({
                 "pod": pod, "first_seen": first, "last_seen": last, "last_resources": last_res,
                 "age_s": round(max(now - heartbeat, 0.0), 1),
@@ -302,7 +324,7 @@ class Store:
                 "load": node.get("load"),
                 "memory": {"used": max(total - (node.get("free_memory") or 0), 0) if total else None,
                            "total": total or None},
-                "container": res.get("container"),
+                "container": container,
             })
         return out
 
@@ -333,7 +355,7 @@ class Store:
         span = max(until - since, 1e-9)
         timed = sum(buckets)
         return {
-            "requests": int(count), "rps": round(count / span, 3),
+            "requests": int(count), "rps_avg": round(count / span, 3),
             "status": {k: int(vals[s]) for k, s in zip(STATUS_CLASSES, _S)},
             "errors": int(vals["s5"]), "error_rate": round(vals["s5"] / count, 4) if count else 0.0,
             "avg_ms": round(vals["lat_sum"] / timed, 2) if timed else None,
@@ -341,6 +363,22 @@ class Store:
             "p99_ms": quantile(buckets, 0.99),
             "bytes_in": int(vals["bytes_in"]), "bytes_out": int(vals["bytes_out"]),
         }
+
+    def current_rates(self, pod: str | None = None) -> dict[str, float]:
+        """Requests/s per pod now: the counts of the pushes received in the last `recent` seconds over
+        the time those pushes cover (their `interval`), as Prometheus' rate() divides by the span of
+        its samples rather than by the window. A push without an interval (the seed's) is taken to
+        cover `recent`. A pod that pushed nothing lately is absent (its rate is 0)."""
+        now, recent = self.clock(), self.config.recent
+        sql = "SELECT pod, TOTAL(count), TOTAL(span), COUNT(*) - COUNT(span) FROM pod_stats WHERE ts > ?"
+        args: list = [now - recent]
+        if pod:
+            sql += " AND pod = ?"
+            args.append(pod)
+        out = {}
+        for p, count, span, unknown in self._reader().execute(sql + " GROUP BY pod", args):
+            out[p] = round(count / (span if not unknown and span > 0 else recent), 3)
+        return out
 
     def per_pod_totals(self, since: float, until: float) -> dict[str, dict]:
         cols = "pod, count, s5, " + ", ".join(_B)
@@ -351,7 +389,7 @@ class Store:
                 f"SELECT pod, TOTAL(count), TOTAL(s5), {', '.join(f'TOTAL({b})' for b in _B)} "
                 f"FROM ({inner}) GROUP BY pod", args):
             pod, count, s5, *buckets = row
-            out[pod] = {"requests": int(count), "rps": round(count / span, 3), "errors": int(s5),
+            out[pod] = {"requests": int(count), "rps_avg": round(count / span, 3), "errors": int(s5),
                         "p95_ms": quantile(buckets, 0.95)}
         return out
 
@@ -402,19 +440,21 @@ class Store:
 
     def resource_series(self, metric: str, since: float, until: float, step: float,
                         pod: str | None = None) -> list[dict]:
-        """Per-pod lines: cpu (node % and, per pod view, container % of a core) or memory (bytes)."""
+        """Per-pod lines: cpu (node % and container % of its limit, else of the node's cores; one scale)
+        or memory (bytes)."""
         n = max(round((until - since) / step), 1)
         where, args = "ts >= ? AND ts <= ?", [since, until]
         if pod:
             where += " AND pod = ?"
             args.append(pod)
         raw = ("SELECT ts, pod, cpu AS cpu_sum, cpu IS NOT NULL AS cpu_n, mem_used AS mem_used_sum, "
-               "mem_used IS NOT NULL AS mem_n, ccpu AS ccpu_sum, ccpu IS NOT NULL AS ccpu_n, cmem AS cmem_sum, "
-               f"cmem IS NOT NULL AS cmem_n FROM resources WHERE {where}")
-        rolled = ("SELECT ts, pod, cpu_sum, cpu_n, mem_used_sum, mem_n, ccpu_sum, ccpu_n, cmem_sum, cmem_n "
+               "mem_used IS NOT NULL AS mem_n, cshare AS cshare_sum, cshare IS NOT NULL AS cshare_n, "
+               f"cmem AS cmem_sum, cmem IS NOT NULL AS cmem_n FROM resources WHERE {where}")
+        rolled = ("SELECT ts, pod, cpu_sum, cpu_n, mem_used_sum, mem_n, cshare_sum, cshare_n, cmem_sum, cmem_n "
                   f"FROM resources_1m WHERE {where}")
         if metric == "cpu":
-            pairs = [("cpu_sum", "cpu_n", "node CPU %"), ("ccpu_sum", "ccpu_n", "container CPU %")]
+            # Both in % of a whole: the node's cores, and what the container may use (limit or node).
+            pairs = [("cpu_sum", "cpu_n", "node CPU %"), ("cshare_sum", "cshare_n", "container CPU %")]
         elif metric == "memory":
             pairs = [("mem_used_sum", "mem_n", "node memory"), ("cmem_sum", "cmem_n", "container memory")]
         else:
@@ -464,8 +504,8 @@ class Store:
         return [dict(zip(cols, r)) for r in rows]
 
 
-_INSERT_POD_STATS = (f"INSERT INTO pod_stats (ts, pod, {', '.join(_STAT_COLS)}) "
-                     f"VALUES ({', '.join('?' * (2 + len(_STAT_COLS)))})")
+_INSERT_POD_STATS = (f"INSERT INTO pod_stats (ts, pod, span, {', '.join(_STAT_COLS)}) "
+                     f"VALUES ({', '.join('?' * (3 + len(_STAT_COLS)))})")
 _INSERT_STATS = (f"INSERT INTO stats (ts, pod, endpoint, method, file, {', '.join(_STAT_COLS)}) "
                  f"VALUES ({', '.join('?' * (5 + len(_STAT_COLS)))})")
 
@@ -478,7 +518,7 @@ _TIMED_TABLES = ("stats", "stats_1m", "pod_stats", "pod_stats_1m", "resources", 
 _RES_AGG_RAW = {"cpu_sum": "TOTAL(cpu)", "cpu_n": "COUNT(cpu)", "mem_used_sum": "TOTAL(mem_used)",
                 "mem_n": "COUNT(mem_used)", "mem_total": "MAX(mem_total)", "ccpu_sum": "TOTAL(ccpu)",
                 "ccpu_n": "COUNT(ccpu)", "cmem_sum": "TOTAL(cmem)", "cmem_n": "COUNT(cmem)",
-                "cmem_limit": "MAX(cmem_limit)"}
+                "cmem_limit": "MAX(cmem_limit)", "cshare_sum": "TOTAL(cshare)", "cshare_n": "COUNT(cshare)"}
 _RES_AGG_ROLLED = {c: (f"MAX({c})" if c in ("mem_total", "cmem_limit") else f"TOTAL({c})") for c in _RES_COLS}
 
 
@@ -521,6 +561,16 @@ class _tx:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def cpu_capacity(limit: float | None, cores: float | None, node_cpus: int) -> tuple[float | None, str | None]:
+    """The cores a container's CPU is measured against, and what they are: its CPU limit ("limit"),
+    else the CPUs it may run on ("node": its cpuset as the sidecar saw it, else the node's count)."""
+    if limit:
+        return float(limit), "limit"
+    if cores or node_cpus:
+        return float(cores or node_cpus), "node"
+    return None, None
 
 
 def quantile(buckets: Iterable[float], q: float) -> float | None:

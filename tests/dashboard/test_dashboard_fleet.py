@@ -1,0 +1,112 @@
+"""What the dashboard reports at fleet size, over a real socket and a real SQLite file: the current rate
+next to the window's average, container CPU against what the container may use (its limit, else the
+node's cores) on the card and the chart alike, and a file from the previous schema migrating in place."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from dash_helpers import endpoint, resources, stats
+
+from decorator.dashboard.store import _MIGRATIONS, Store
+
+
+def _ok(r):
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _push(dash, pod: str, n: int, interval: float = 10.0) -> None:
+    body = stats(pod, [endpoint("/work", [5.0] * n)])
+    body["interval"] = interval
+    _ok(dash.client.post("/stats", json=body))
+
+
+def test_the_tile_shows_the_current_rate_and_the_average_is_labelled_as_one(dash, clock):
+    """The issue's case: 30/s for the last minute of a 15-minute window is 30/s now, 2/s on average
+    (the tile used to show the average as the rate)."""
+    clock.t = 1_800_000_000.0
+    for _ in range(6):                       # one minute at 30/s from pod a, pushed every 10 s
+        clock.advance(10)
+        _push(dash, "a", 300)
+        _push(dash, "b", 20)                 # 2/s from pod b
+    ov = _ok(dash.client.get("/api/overview", params={"window": "15m"}))
+    t = ov["totals"]
+    assert t["requests"] == 6 * 320
+    assert t["rps_now"] == pytest.approx(32.0)
+    assert t["rps_avg"] == pytest.approx(6 * 320 / 900, abs=1e-3)
+    assert ov["recent"] == 30.0
+    traffic = {p["pod"]: p["traffic"] for p in ov["pods"]}
+    assert traffic["a"]["rps_now"] == pytest.approx(30.0) and traffic["b"]["rps_now"] == pytest.approx(2.0)
+    assert traffic["a"]["rps_avg"] == pytest.approx(1800 / 900, abs=1e-3)
+    scoped = _ok(dash.client.get("/api/overview", params={"window": "15m", "pod": "b"}))["totals"]
+    assert scoped["rps_now"] == pytest.approx(2.0)
+
+    # The chart's last whole step says the same as the tile.
+    rps = _ok(dash.client.get("/api/series", params={"metric": "rps", "window": "15m"}))
+    assert rps["step"] == 10 and rps["series"][0]["values"][-1] == pytest.approx(32.0)
+
+    # Traffic stops: after `recent` seconds without pushes the current rate is 0, the average is not.
+    clock.advance(31)
+    t = _ok(dash.client.get("/api/overview", params={"window": "15m"}))["totals"]
+    assert t["rps_now"] == 0 and t["rps_avg"] > 2
+
+
+def test_the_current_rate_uses_the_time_each_push_covers(dash, clock):
+    clock.t = 1_800_000_000.0
+    _push(dash, "slow", 50, interval=5.0)     # pushes every 5 s: 10/s
+    clock.advance(5)
+    _push(dash, "slow", 50, interval=5.0)
+    _push(dash, "idle", 60, interval=60.0)    # a minute idle then one push: 1/s over what it covers
+    _ok(dash.client.post("/stats", json={"pod": "seed", "stats": [   # the seed's shape has no interval
+        {"endpoint": "/", "method": "GET", "response": {"status": 200}, "time": 3}] * 15}))
+    rates = {p["pod"]: p["traffic"]["rps_now"] for p in _ok(dash.client.get("/api/overview"))["pods"]}
+    assert rates == {"slow": 10.0, "idle": 1.0, "seed": 0.5}      # 15 over the 30-s recent window
+
+
+def test_container_cpu_is_measured_against_its_limit_else_the_node_on_card_and_chart(dash, clock):
+    """198% of one core on a 4-core node without a limit is 49.5% of what the container may use; with a
+    0.5-core limit, 40% of one core is 80% of the limit; a cpuset of 2 CPUs counts 2."""
+    clock.t = 1_800_000_000.0
+    cases = {
+        "nolimit": ({"memory_usage": 300 << 20, "memory_limit": None, "cpu_usage_seconds": 9.0,
+                     "cpu_limit_cores": None, "cpu_percent": 198.0}, 4, 49.5, 4.0, "node"),
+        "limited": ({"memory_usage": 200 << 20, "memory_limit": 512 << 20, "cpu_usage_seconds": 2.0,
+                     "cpu_limit_cores": 0.5, "cpu_percent": 40.0}, 4, 80.0, 0.5, "limit"),
+        "cpuset": ({"memory_usage": 1 << 20, "memory_limit": None, "cpu_usage_seconds": 1.0,
+                    "cpu_limit_cores": None, "cpu_percent": 198.0, "cpu_cores": 2}, 8, 99.0, 2.0, "node"),
+    }
+    for _ in range(3):
+        for pod, (container, cpus, *_) in cases.items():
+            _ok(dash.client.post("/resources", json=resources(pod, cpus=cpus, container=container)))
+        clock.advance(1)
+    pods = {p["pod"]: p for p in _ok(dash.client.get("/api/overview", params={"window": "5m"}))["pods"]}
+    fleet = _ok(dash.client.get("/api/series", params={"metric": "cpu", "window": "5m"}))
+    lines = {s["name"]: {v for v in s["values"] if v is not None} for s in fleet["series"]}
+    for pod, (_, _, share, cores, of) in cases.items():
+        c = pods[pod]["container"]
+        assert (c["cpu_share"], c["cpu_capacity_cores"], c["cpu_capacity"]) == (share, cores, of)
+        assert lines[pod] == {share}                     # the fleet chart draws what the card says
+        mine = _ok(dash.client.get("/api/series", params={"metric": "cpu", "window": "5m", "pod": pod}))
+        by = {s["name"]: {v for v in s["values"] if v is not None} for s in mine["series"]}
+        assert by["container CPU %"] == {share}
+
+
+def test_a_file_from_the_previous_schema_migrates_and_keeps_its_rows(tmp_path, clock):
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as c:
+        c.executescript(f"BEGIN; {_MIGRATIONS[0]}; PRAGMA user_version=1; COMMIT;")
+        c.execute("INSERT INTO pod_stats (ts, pod, count) VALUES (?, 'old', 7)", (clock() - 5,))
+        c.execute("INSERT INTO resources_1m (ts, pod, cpu_sum, cpu_n, ccpu_sum, ccpu_n) "
+                  "VALUES (?, 'old', 10, 1, 150, 1)", (clock() - 3000,))
+    store = Store(db, clock=clock)
+    try:
+        assert store.totals(clock() - 60, clock())["requests"] == 7
+        assert store.current_rates() == {"old": pytest.approx(7 / 30, abs=1e-3)}    # no span: over `recent`
+        store.prune(clock() + 7200)        # rolls into the migrated minute rows without NULL poisoning
+        with sqlite3.connect(db) as c:
+            assert c.execute("PRAGMA user_version").fetchone()[0] == len(_MIGRATIONS)
+            assert c.execute("SELECT cshare_sum, cshare_n FROM resources_1m").fetchall() == [(0, 0)]
+    finally:
+        store.close()
