@@ -4,12 +4,16 @@ node's cores) on the card and the chart alike, and a file from the previous sche
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import pytest
-from dash_helpers import endpoint, resources, stats
+from dash_helpers import Dashboard, endpoint, resources, stats
+from prometheus_client import CollectorRegistry
+from test_dashboard_sidecar import FAST, exchange, wait_until
 
 from decorator.dashboard.store import _MIGRATIONS, Store
+from decorator.telemetry import Telemetry
 
 
 def _ok(r):
@@ -110,3 +114,34 @@ def test_a_file_from_the_previous_schema_migrates_and_keeps_its_rows(tmp_path, c
             assert c.execute("SELECT cshare_sum, cshare_n FROM resources_1m").fetchall() == [(0, 0)]
     finally:
         store.close()
+
+
+async def test_a_scanner_through_the_real_pusher_is_one_row_and_real_endpoints_keep_their_names(tmp_path):
+    """The sidecar's telemetry, capped at 5 names, sees 400 random 404 paths and five real endpoints:
+    the dashboard lists the five by name and the scan as `(unmatched)`; nothing falls into `other`.
+    The container's CPU arrives with what it is measured against."""
+    dash = await asyncio.to_thread(Dashboard, tmp_path / "scan.db")
+    tel = Telemetry(dashboard=dash.url, pod="web-scan", registry=CollectorRegistry(), max_endpoints=5, **FAST)
+    await tel.start()
+    try:
+        real = ["/users/1", "/orders", "/health", "/cart/9", "/login"]
+        for i in range(400):
+            for ex in (exchange(f"/random-{10853 + i}/x", 404, 2), exchange(real[i % 5], 200, 5)):
+                tel.hooks.on_request(ex)
+                tel.hooks.on_complete(ex)
+
+        def names() -> dict[str, int]:
+            return {e["endpoint"]: e["hits"] for e in dash.client.get("/api/endpoints").json()}
+        await wait_until(lambda: sum(names().values()) == 800, "every exchange on the dashboard")
+        assert names() == {"(unmatched)": 400, "/users/{id}": 80, "/orders": 80, "/health": 80,
+                           "/cart/{id}": 80, "/login": 80}
+
+        def container() -> dict:
+            pods = dash.client.get("/api/overview").json()["pods"]
+            return (pods[0].get("container") or {}) if pods else {}
+        await wait_until(lambda: container().get("cpu_capacity") is not None, "resources with a capacity")
+        c = container()
+        assert c["cpu_capacity"] in ("limit", "node") and c["cpu_capacity_cores"] > 0
+    finally:
+        await tel.close()
+        await asyncio.to_thread(dash.stop)
