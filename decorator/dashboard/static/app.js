@@ -57,10 +57,10 @@ function latClass(ms) {
 }
 function level(pct) { return pct >= 90 ? "crit" : pct >= 70 ? "warn" : ""; }
 function windowText() { return $("window").selectedOptions[0].textContent; }
-function fmtCores(n) { return `${fmtNum(n, 2)} core${n === 1 ? "" : "s"}`; }
+function fmtCores(n) { return `${+n.toFixed(2)} core${n === 1 ? "" : "s"}`; }
 // What a container's CPU % is of: its limit, else the cores it may use on the node (it has no limit).
 function capacityText(c) {
-  if (c.cpu_capacity === "limit") return `of its ${fmtCores(c.cpu_capacity_cores)} limit`;
+  if (c.cpu_capacity === "limit") return `of its ${+c.cpu_capacity_cores.toFixed(2)}-core limit`;
   if (c.cpu_capacity === "node") return `of ${fmtCores(c.cpu_capacity_cores)} (no limit)`;
   return "";
 }
@@ -153,8 +153,7 @@ function renderOverview(ov) {
 
 function cpuNote(pods) {
   if (!state.pod) {
-    $("cpu-note").textContent = "% per pod: the container's of its limit, or of the node's cores without one; " +
-      "else the node's";
+    $("cpu-note").textContent = "% per pod: the container's of its limit (none: of the node's cores), else the node's";
     return;
   }
   const c = (pods.find((p) => p.pod === state.pod) || {}).container || {};
