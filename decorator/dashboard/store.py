@@ -28,6 +28,14 @@ _STAT_COLS = ["count", *_S, "lat_sum", *_B, "bytes_in", "bytes_out"]
 _RES_COLS = ["cpu_sum", "cpu_n", "mem_used_sum", "mem_n", "mem_total", "ccpu_sum", "ccpu_n",
              "cmem_sum", "cmem_n", "cmem_limit", "cshare_sum", "cshare_n"]
 
+_COLS = ", ".join(_STAT_COLS)
+_SUMS = ", ".join(f"SUM({c})" for c in _STAT_COLS)
+_FLEET_DDL = "ts REAL NOT NULL, " + ", ".join(
+    f"{c} {'REAL' if c == 'lat_sum' else 'INTEGER'} NOT NULL DEFAULT 0" for c in _STAT_COLS)
+_EP_DDL = _FLEET_DDL.replace("ts REAL NOT NULL, ", "ts REAL NOT NULL, endpoint TEXT NOT NULL, method TEXT NOT NULL, "
+                             "file INTEGER NOT NULL DEFAULT 0, ")
+BUCKET = 10   # seconds: the fleet-wide tables' finest rows
+
 # Each migration moves the file one user_version up; a newer file than this code refuses to open.
 _MIGRATIONS: list[str] = [
     f"""
@@ -87,6 +95,21 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE resources ADD COLUMN cshare REAL;
     ALTER TABLE resources_1m ADD COLUMN cshare_sum REAL NOT NULL DEFAULT 0;
     ALTER TABLE resources_1m ADD COLUMN cshare_n INTEGER NOT NULL DEFAULT 0;
+    """,
+    # Fleet-wide sums per 10-s bucket (then per minute and 10 minutes), kept up to date on every push:
+    # the fleet's page reads a few thousand of these instead of every pod's rows (200 pods x 20
+    # endpoints pushing every 10 s is 24,000 per-push rows a minute). Filled from the rows already there.
+    f"""
+    CREATE TABLE ep_stats ({_EP_DDL}, PRIMARY KEY (ts, endpoint, method));
+    CREATE TABLE ep_stats_1m ({_EP_DDL}, PRIMARY KEY (ts, endpoint, method));
+    CREATE TABLE fleet_stats ({_FLEET_DDL}, PRIMARY KEY (ts));
+    CREATE TABLE fleet_stats_1m ({_FLEET_DDL}, PRIMARY KEY (ts));
+    INSERT INTO ep_stats (ts, endpoint, method, file, {_COLS}) SELECT CAST(ts / 10 AS INTEGER) * 10, endpoint,
+        method, MAX(file), {_SUMS} FROM stats GROUP BY 1, 2, 3;
+    INSERT INTO ep_stats_1m (ts, endpoint, method, file, {_COLS}) SELECT ts, endpoint, method, MAX(file), {_SUMS}
+        FROM stats_1m GROUP BY 1, 2, 3;
+    INSERT INTO fleet_stats (ts, {_COLS}) SELECT CAST(ts / 10 AS INTEGER) * 10, {_SUMS} FROM pod_stats GROUP BY 1;
+    INSERT INTO fleet_stats_1m (ts, {_COLS}) SELECT ts, {_SUMS} FROM pod_stats_1m GROUP BY 1;
     """,
 ]
 
@@ -169,10 +192,13 @@ class Store:
         doc = json.dumps(raw if raw is not None else p.model_dump(by_alias=True, mode="json"))
         # Per-pod sums too: the fleet and pod charts then read one row per push, not one per endpoint.
         pod_row = [sum(col) for col in zip(*(r[5:] for r in rows))] if rows else None
+        bucket = math.floor(now / BUCKET) * BUCKET
         with self._wlock, _tx(self._w) as c:
             if rows:
                 c.executemany(_INSERT_STATS, rows)
                 c.execute(_INSERT_POD_STATS, (now, p.pod, p.interval, *pod_row))
+                c.executemany(_UPSERT_EP, [(bucket, *r[2:]) for r in rows])
+                c.execute(_UPSERT_FLEET, (bucket, *pod_row))
             if samples:
                 c.executemany("INSERT INTO samples (ts, pod, endpoint, route, method, status, time_ms, "
                               "started, request_id, error) VALUES (?,?,?,?,?,?,?,?,?,?)", samples)
@@ -251,6 +277,10 @@ class Store:
             out["minutes_rolled"] = (_roll(c, "stats_1m", "stats_1m", _STATS_KEYS, _STATS_AGG, cut10, 600)
                                      + _roll(c, "resources_1m", "resources_1m", "pod", _RES_AGG_ROLLED, cut10, 600))
             _roll(c, "pod_stats_1m", "pod_stats_1m", "pod", _POD_AGG, cut10, 600)
+            _roll(c, "ep_stats", "ep_stats_1m", "endpoint, method", _STATS_AGG, cut, 60)
+            _roll(c, "ep_stats_1m", "ep_stats_1m", "endpoint, method", _STATS_AGG, cut10, 600)
+            _roll(c, "fleet_stats", "fleet_stats_1m", "", _POD_AGG, cut, 60)
+            _roll(c, "fleet_stats_1m", "fleet_stats_1m", "", _POD_AGG, cut10, 600)
             n = 0
             for table in _TIMED_TABLES:
                 n += c.execute(f"DELETE FROM {table} WHERE ts < ?", (old,)).rowcount
@@ -329,19 +359,28 @@ class Store:
         return out
 
     def _stats_union(self, since: float, until: float, pod: str | None, endpoint: str | None,
-                     cols: str) -> tuple[str, list]:
-        where, args = ["ts >= ?", "ts <= ?"], [since, until]
-        if pod:
-            where.append("pod = ?")
-            args.append(pod)
-        if endpoint:
-            where.append("endpoint = ?")
-            args.append(endpoint)
-        w = " AND ".join(where)
-        # Without an endpoint filter or grouping, the per-pod sums answer the same with far fewer rows.
-        table = "stats" if endpoint or "endpoint" in cols else "pod_stats"
-        sql = f"SELECT {cols} FROM {table} WHERE {w} UNION ALL SELECT {cols} FROM {table}_1m WHERE {w}"
-        return sql, args + args
+                     cols: str, step: float | None = None) -> tuple[str, list]:
+        """SQL for the stats rows in [since, until] (optionally one pod's or one endpoint's), selecting
+        `cols`. A fleet-wide read (no pod) takes the whole 10-s buckets from the fleet-wide tables and
+        only the partial buckets at the edges from the per-push rows. A series (`step` given) whose steps
+        are not whole buckets reads per-push rows only: a bucket would straddle two steps."""
+        per_endpoint = bool(endpoint) or "endpoint" in cols
+        raw = "stats" if per_endpoint else "pod_stats"
+        if pod or (step is not None and (step % BUCKET or since % BUCKET)):
+            return _range(raw, since, until, True, pod, endpoint, cols)
+        fleet = "ep_stats" if per_endpoint else "fleet_stats"
+        a = math.ceil(since / BUCKET) * BUCKET
+        # Up to now (within the second it took to get here), the bucket in progress holds no later rows.
+        live = until >= self.clock() - 1.0
+        b = until if live else math.floor(until / BUCKET) * BUCKET
+        if a > b:
+            return _range(raw, since, until, True, None, endpoint, cols)
+        parts = [_range(fleet, a, b, live, None, endpoint, cols)]
+        if since < a:
+            parts.append(_range(raw, since, a, False, None, endpoint, cols))
+        if not live:
+            parts.append(_range(raw, b, until, True, None, endpoint, cols))
+        return " UNION ALL ".join(q for q, _ in parts), [x for _, args in parts for x in args]
 
     def totals(self, since: float, until: float, pod: str | None = None) -> dict:
         """Requests, status mix and latency percentiles over a window (merged across pods)."""
@@ -382,7 +421,7 @@ class Store:
 
     def per_pod_totals(self, since: float, until: float) -> dict[str, dict]:
         cols = "pod, count, s5, " + ", ".join(_B)
-        inner, args = self._stats_union(since, until, None, None, cols)
+        inner, args = _range("pod_stats", since, until, True, None, None, cols)
         out = {}
         span = max(until - since, 1e-9)
         for row in self._reader().execute(
@@ -417,7 +456,7 @@ class Store:
         """rps (total and 5xx per second), latency (p50/p95/p99 ms) or status (per class per second)."""
         n = max(round((until - since) / step), 1)
         cols = "ts, " + ", ".join(_STAT_COLS)
-        inner, args = self._stats_union(since, until, pod, endpoint, cols)
+        inner, args = self._stats_union(since, until, pod, endpoint, cols, step)
         acc = [[0.0] * len(_STAT_COLS) for _ in range(n)]
         for b, *vals in self._reader().execute(
                 f"SELECT CAST((ts - ?) / ? AS INTEGER) AS b, {', '.join(f'TOTAL({c})' for c in _STAT_COLS)} "
@@ -510,10 +549,18 @@ _INSERT_STATS = (f"INSERT INTO stats (ts, pod, endpoint, method, file, {', '.joi
                  f"VALUES ({', '.join('?' * (5 + len(_STAT_COLS)))})")
 
 
+_ADD = ", ".join(f"{c}={c}+excluded.{c}" for c in _STAT_COLS)
+_UPSERT_EP = (f"INSERT INTO ep_stats (ts, endpoint, method, file, {_COLS}) "
+              f"VALUES ({', '.join('?' * (4 + len(_STAT_COLS)))}) "
+              f"ON CONFLICT (ts, endpoint, method) DO UPDATE SET file=MAX(file, excluded.file), {_ADD}")
+_UPSERT_FLEET = (f"INSERT INTO fleet_stats (ts, {_COLS}) VALUES ({', '.join('?' * (1 + len(_STAT_COLS)))}) "
+                 f"ON CONFLICT (ts) DO UPDATE SET {_ADD}")
+
 _STATS_KEYS = "pod, endpoint, method"
 _STATS_AGG = {"file": "MAX(file)", **{c: f"SUM({c})" for c in _STAT_COLS}}
 _POD_AGG = {c: f"SUM({c})" for c in _STAT_COLS}
-_TIMED_TABLES = ("stats", "stats_1m", "pod_stats", "pod_stats_1m", "resources", "resources_1m", "samples", "events")
+_TIMED_TABLES = ("stats", "stats_1m", "pod_stats", "pod_stats_1m", "ep_stats", "ep_stats_1m", "fleet_stats",
+                 "fleet_stats_1m", "resources", "resources_1m", "samples", "events")
 # TOTAL, not SUM: a column that was all NULL in a bucket (no cgroup data) must add as 0, not poison the sum.
 _RES_AGG_RAW = {"cpu_sum": "TOTAL(cpu)", "cpu_n": "COUNT(cpu)", "mem_used_sum": "TOTAL(mem_used)",
                 "mem_n": "COUNT(mem_used)", "mem_total": "MAX(mem_total)", "ccpu_sum": "TOTAL(ccpu)",
@@ -529,21 +576,23 @@ def _roll(c: sqlite3.Connection, src: str, dst: str, keys: str, agg: dict[str, s
     With src == dst (1-minute rows into 10-minute rows) only buckets still holding unaligned rows are
     regrouped, so each prune touches just the newly aged part."""
     cols = ", ".join(agg)
+    group = f"1, {keys}" if keys else "1"
+    keys = f"{keys}, " if keys else ""
     bucket = f"CAST(ts / {width} AS INTEGER) * {width}"
     c.execute("DROP TABLE IF EXISTS temp._roll")
-    c.execute(f"CREATE TEMP TABLE _roll AS SELECT ts, {keys}, {cols} FROM {dst} WHERE 0")
+    c.execute(f"CREATE TEMP TABLE _roll AS SELECT ts, {keys}{cols} FROM {dst} WHERE 0")
     if src == dst:
         pick = (f"ts < ?1 AND {bucket} IN (SELECT DISTINCT {bucket} FROM {src} "
                 f"WHERE ts < ?1 AND CAST(ts AS INTEGER) % {width} != 0)")
     else:
         pick = "ts < ?1"
-    c.execute(f"INSERT INTO _roll (ts, {keys}, {cols}) SELECT {bucket}, {keys}, {', '.join(agg.values())} "
-              f"FROM {src} WHERE {pick} GROUP BY 1, {keys}", (cut,))
+    c.execute(f"INSERT INTO _roll (ts, {keys}{cols}) SELECT {bucket}, {keys}{', '.join(agg.values())} "
+              f"FROM {src} WHERE {pick} GROUP BY {group}", (cut,))
     n = c.execute(f"DELETE FROM {src} WHERE {pick}", (cut,)).rowcount
     merge = ", ".join(f"{k}=MAX(COALESCE({k}, excluded.{k}), COALESCE(excluded.{k}, {k}))"
                       if v.startswith("MAX") else f"{k}={k}+excluded.{k}" for k, v in agg.items())
     # WHERE true: SQLite's upsert after INSERT ... SELECT needs it to parse ON CONFLICT unambiguously.
-    c.execute(f"INSERT INTO {dst} (ts, {keys}, {cols}) SELECT ts, {keys}, {cols} FROM _roll WHERE true "
+    c.execute(f"INSERT INTO {dst} (ts, {keys}{cols}) SELECT ts, {keys}{cols} FROM _roll WHERE true "
               f"ON CONFLICT DO UPDATE SET {merge}")
     c.execute("DROP TABLE _roll")
     return n
@@ -561,6 +610,20 @@ class _tx:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _range(table: str, lo: float, hi: float, hi_inclusive: bool, pod: str | None, endpoint: str | None,
+           cols: str) -> tuple[str, list]:
+    """SELECT `cols` from `table` and its rolled-up `table`_1m for ts in [lo, hi] (or [lo, hi))."""
+    where, args = ["ts >= ?", "ts <= ?" if hi_inclusive else "ts < ?"], [lo, hi]
+    if pod:
+        where.append("pod = ?")
+        args.append(pod)
+    if endpoint:
+        where.append("endpoint = ?")
+        args.append(endpoint)
+    w = " AND ".join(where)
+    return f"SELECT {cols} FROM {table} WHERE {w} UNION ALL SELECT {cols} FROM {table}_1m WHERE {w}", args + args
 
 
 def cpu_capacity(limit: float | None, cores: float | None, node_cpus: int) -> tuple[float | None, str | None]:

@@ -59,7 +59,7 @@ def test_stats_are_stored_and_queried(dash):
     with sqlite3.connect(dash.db) as c:
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert c.execute("PRAGMA auto_vacuum").fetchone()[0] == 2      # incremental: prune gives pages back
-        assert c.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 3
         assert c.execute("SELECT COUNT(*) FROM stats").fetchone()[0] == 2
 
 

@@ -5,6 +5,7 @@ node's cores) on the card and the chart alike, and a file from the previous sche
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 
 import pytest
@@ -14,6 +15,7 @@ from test_dashboard_sidecar import FAST, exchange, wait_until
 
 from decorator.dashboard.store import _MIGRATIONS, Store
 from decorator.telemetry import Telemetry
+from decorator.wire.models import StatsPayload
 
 
 def _ok(r):
@@ -145,3 +147,65 @@ async def test_a_scanner_through_the_real_pusher_is_one_row_and_real_endpoints_k
     finally:
         await tel.close()
         await asyncio.to_thread(dash.stop)
+
+
+def _fleet_equals_sum_of_pods(store: Store, since: float, until: float, step: float) -> None:
+    pods = ["p0", "p1", "p2"]
+    fleet = {(e["endpoint"], e["method"]): e["hits"] for e in store.endpoints(since, until, None, 500)}
+    summed: dict = {}
+    for p in pods:
+        for e in store.endpoints(since, until, p, 500):
+            summed[(e["endpoint"], e["method"])] = summed.get((e["endpoint"], e["method"]), 0) + e["hits"]
+    assert fleet == summed
+    assert store.totals(since, until)["requests"] == sum(store.totals(since, until, p)["requests"] for p in pods)
+    for only in (None, "/e1"):
+        whole = store.stats_series("rps", since, until, step, None, only)[0]["values"]
+        parts = [store.stats_series("rps", since, until, step, p, only)[0]["values"] for p in pods]
+        assert whole == pytest.approx([sum(v) for v in zip(*parts)], abs=1e-2)
+
+
+def test_fleet_wide_buckets_answer_exactly_what_the_per_pod_rows_do(tmp_path, clock):
+    """The fleet's reads come from 10-s buckets and the edges from per-push rows; whatever the window's
+    alignment, before and after roll-ups, they add up to the per-pod answers. A file from before the
+    buckets existed is filled from its rows when it is opened."""
+    rng = random.Random(3)
+    clock.t = 1_800_000_003.7
+    db = tmp_path / "fleet.db"
+    # Start on the previous schema, with rows, so the buckets' back-fill is checked too.
+    with sqlite3.connect(db) as c:
+        for i, script in enumerate(_MIGRATIONS[:2], start=1):
+            c.executescript(f"BEGIN; {script}; PRAGMA user_version={i}; COMMIT;")
+        for k in range(40):
+            ts, pod = clock() - 400 + k * 9.7, f"p{k % 3}"
+            for e in (f"/e{k % 4}", "/e1"):
+                c.execute("INSERT INTO stats (ts, pod, endpoint, method, count) VALUES (?, ?, ?, 'GET', 3)", (ts, pod, e))
+            c.execute("INSERT INTO pod_stats (ts, pod, count) VALUES (?, ?, 6)", (ts, pod))
+
+    def push(store) -> None:
+        pod = f"p{rng.randrange(3)}"
+        eps = [endpoint(f"/e{rng.randrange(4)}", [1.0] * rng.randint(1, 9), method=rng.choice(["GET", "POST"]))
+               for _ in range(rng.randint(1, 3))]
+        store.add_stats(StatsPayload.model_validate(stats(pod, eps)))
+
+    store = Store(db, clock=clock)
+    try:
+        _fleet_equals_sum_of_pods(store, math_floor(clock() - 600, 10), math_floor(clock(), 10), 10)
+        for _ in range(600):
+            clock.advance(rng.uniform(0.1, 6.0))
+            push(store)
+        now = clock()
+        for since, until, step in [(now - 900, now, 10), (now - 903.3, now, 10), (now - 900, now - 7.5, 10),
+                                   (math_floor(now - 300, 5), math_floor(now, 5), 5),
+                                   (math_floor(now - 1800, 30), math_floor(now, 30), 30)]:
+            _fleet_equals_sum_of_pods(store, since, until, step)
+        store.prune(now + 1200)                   # everything older than 15 min rolls into minutes
+        clock.advance(1200)
+        now = clock()
+        _fleet_equals_sum_of_pods(store, now - 3600, now, 60)
+        _fleet_equals_sum_of_pods(store, math_floor(now - 3600, 60), math_floor(now, 60), 60)
+    finally:
+        store.close()
+
+
+def math_floor(t: float, step: float) -> float:
+    return (t // step) * step
