@@ -13,7 +13,7 @@ from dash_helpers import Dashboard, endpoint, resources, stats
 from prometheus_client import CollectorRegistry
 from test_dashboard_sidecar import FAST, exchange, wait_until
 
-from decorator.dashboard.store import _MIGRATIONS, Store
+from decorator.dashboard.store import _MIGRATIONS, Store, StoreConfig
 from decorator.telemetry import Telemetry
 from decorator.wire.models import StatsPayload
 
@@ -198,6 +198,13 @@ def test_fleet_wide_buckets_answer_exactly_what_the_per_pod_rows_do(tmp_path, cl
                                    (math_floor(now - 300, 5), math_floor(now, 5), 5),
                                    (math_floor(now - 1800, 30), math_floor(now, 30), 30)]:
             _fleet_equals_sum_of_pods(store, since, until, step)
+        whole = (store.totals(now - 3600, now), store.endpoints(now - 3600, now, None, 500))
+        store.config = StoreConfig(raw_keep=60.0)  # a short raw_keep: most rows roll, in many 5-s slices
+        store.prune(now + 30)
+        store.prune(now + 30)                     # a second prune changes nothing
+        assert (store.totals(now - 3600, now), store.endpoints(now - 3600, now, None, 500)) == whole
+        assert store.counts()["stats_1m"] > 0 and store.counts()["ep_stats_1m"] > 0
+        store.config = StoreConfig()
         store.prune(now + 1200)                   # everything older than 15 min rolls into minutes
         clock.advance(1200)
         now = clock()
