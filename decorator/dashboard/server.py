@@ -187,10 +187,15 @@ def create_app(db_path: str | Path, retention: float = 24 * 3600.0, token: str |
             now = clock()
             pods = store.pods(now - window)
             per_pod = store.per_pod_totals(now - window, now)
+            rates = store.current_rates()
             for p in pods:
-                p["traffic"] = per_pod.get(p["pod"], {"requests": 0, "rps": 0.0, "errors": 0, "p95_ms": None})
+                p["traffic"] = per_pod.get(p["pod"], {"requests": 0, "rps_avg": 0.0, "errors": 0, "p95_ms": None})
+                p["traffic"]["rps_now"] = rates.get(p["pod"], 0.0)
+            totals = store.totals(now - window, now, pod)
+            # The current rate (the tile); rps_avg is the window's average and says so on the page.
+            totals["rps_now"] = round(rates.get(pod, 0.0) if pod else sum(rates.values()), 3)
             return {"now": now, "window": window, "pod": pod, "stale_after": store.config.stale_after,
-                    "totals": store.totals(now - window, now, pod), "pods": pods,
+                    "recent": store.config.recent, "totals": totals, "pods": pods,
                     "counts": {"pods": len(pods), "stale": sum(p["stale"] for p in pods)}}
         return JSONResponse(await read(query))
 

@@ -4,6 +4,7 @@ from decorator.proxy.hooks cimport Exchange
 
 cdef class Endpoints:
     cdef public long max_endpoints
+    cdef long _paths
     cdef set _known
     cdef dict _cache
     cdef object _last_ex

@@ -1,7 +1,7 @@
 """Per-endpoint aggregation of exchanges: counts, status classes, latency histogram, bytes, recent errors.
 
-Owns endpoint naming (route template, else the path with ids collapsed; a cap with an `other` overflow)
-and the StatsPayload deltas the pusher sends (as plain dicts, by wire.stats' numbers). Must not import
+Owns endpoint naming (route template, else the path with ids collapsed; 4xx on a path never seen
+answered otherwise grouped as `(unmatched)`; a cap with an `other` overflow) and the StatsPayload deltas the pusher sends (as plain dicts, by wire.stats' numbers). Must not import
 rules, settings, dashboard or proxy internals (only proxy.hooks), nor pydantic.
 """
 
@@ -19,6 +19,7 @@ from decorator.wire.stats import LATENCY_BOUNDS_MS, MAX_METHOD, MAX_SHORT, MAX_T
 
 ALL_FIELDS: frozenset[str] = frozenset({"timing", "status", "size"})
 OTHER = "other"  # the endpoint every exchange past the cap is counted under
+UNMATCHED = "(unmatched)"  # 4xx answers on paths that no route names and that never answered otherwise
 OTHER_METHOD = "_OTHER"  # OpenTelemetry's name for a method outside the known set
 
 # Methods outside this set are client-chosen tokens: naming them would let clients grow our tables.
@@ -35,6 +36,7 @@ _ID_SEGMENT = re.compile(
     r"|(?=[\w=-]*\d)(?=[\w=-]*[a-z])(?=[\w=-]*[A-Z])[\w-]{16,}={0,2}"
     r")(\.[A-Za-z0-9]{1,8})?"
 )
+_GROUPS = frozenset({OTHER, UNMATCHED})  # names that stand for many paths (never a file)
 _FILE = re.compile(r"\.[0-9a-z]+$", re.IGNORECASE)  # the seed's isFile
 _BOUNDS_MS = [float(b) for b in LATENCY_BOUNDS_MS]  # floats: a float compared with an int is the slow path
 _CACHE_MAX = 4096          # distinct raw paths whose collapsed form is remembered
@@ -64,15 +66,23 @@ class Endpoints:
     """Names exchanges as (method, endpoint) and caps how many distinct names exist.
 
     Shared by the aggregator and the Prometheus observer so both agree on names and on the cap
-    (which is also what bounds Prometheus label cardinality). Once `max_endpoints` names are
-    taken, every new one is `(method, "other")` for the life of the process.
+    (which is also what bounds Prometheus label cardinality).
+
+    A route template (set by a rule) always names its exchange: templates come from the rule set, so
+    they are bounded already and never fall into `other`. Without one, the path with ids collapsed
+    is the name, but it takes one of the `max_endpoints` places only once the app answered it with a
+    status outside 4xx: until then a 4xx on it is counted under `(method, "(unmatched)")`, as
+    instrumentations group untemplated handlers (a scanner's `/random-10853/x` 404s are one row, not
+    200). Once a name is known its 4xx count under it. Once the places are taken, every new path name
+    is `(method, "other")` for the life of the process.
     """
 
-    __slots__ = ("_cache", "_known", "_last_ex", "_last_key", "max_endpoints")
+    __slots__ = ("_cache", "_known", "_last_ex", "_last_key", "_paths", "max_endpoints")
 
     def __init__(self, max_endpoints: int = 200) -> None:
         self.max_endpoints = max_endpoints
         self._known: set[tuple[str, str]] = set()
+        self._paths = 0          # names in _known that came from a path, not a route (what the cap counts)
         self._cache: dict[str, str] = {}
         self._last_ex: Exchange | None = None
         self._last_key: tuple[str, str] = ("", "")
@@ -89,23 +99,35 @@ class Endpoints:
     def _key(self, ex: Exchange) -> tuple[str, str]:
         method = ex.method if ex.method in _METHODS else OTHER_METHOD
         name = ex.route
-        if not name:
-            path = ex.path
-            name = self._cache.get(path)
-            if name is None:
-                name = collapse_path(path) or "/"
-                if len(path) <= _CACHE_PATH_MAX:
-                    if len(self._cache) >= _CACHE_MAX:
-                        self._cache.clear()  # cheaper than LRU bookkeeping on every hit
-                    self._cache[path] = name
-        elif len(name) > MAX_TEXT:
-            name = name[:MAX_TEXT]
-        key = (method, name)
-        if key in self._known:
+        if name:
+            if len(name) > MAX_TEXT:
+                name = name[:MAX_TEXT]
+            key = (method, name)
+            if key not in self._known:
+                self._known.add(key)
             return key
-        if len(self._known) >= self.max_endpoints:
-            return (method, OTHER)
-        self._known.add(key)
+        path = ex.path
+        name = self._cache.get(path)
+        if name is not None:
+            key = (method, name)
+            if key in self._known:
+                return key
+        else:
+            name = collapse_path(path) or "/"
+            key = (method, name)
+        # A name not yet known (everything below runs once per name, or for each unmatched 4xx).
+        if key not in self._known:
+            if 400 <= ex.status < 500:
+                return (method, UNMATCHED)
+            if self._paths >= self.max_endpoints:
+                return (method, OTHER)
+            self._known.add(key)
+            self._paths += 1
+        # Only known names are cached, so a scanner's paths never push real ones out of the cache.
+        if len(path) <= _CACHE_PATH_MAX:
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()  # cheaper than LRU bookkeeping on every hit
+            self._cache[path] = name
         return key
 
     def __len__(self) -> int:
@@ -216,7 +238,7 @@ class Aggregator:
         key = self.endpoints.key(ex)
         st = self._stats.get(key)
         if st is None:
-            st = self._stats[key] = _Stat(key[0], key[1], key[1] != OTHER and is_file(ex.path))
+            st = self._stats[key] = _Stat(key[0], key[1], key[1] not in _GROUPS and is_file(ex.path))
         self._dirty.add(st)
         if not again:
             st.count += 1
@@ -268,7 +290,7 @@ class Aggregator:
     def totals(self) -> dict[str, Any]:
         """Cumulative numbers since start, for /status."""
         status = [0, 0, 0, 0, 0]
-        count = overflow = bytes_in = bytes_out = 0
+        count = overflow = unmatched = bytes_in = bytes_out = 0
         for st in self._stats.values():
             count += st.count
             bytes_in += st.bytes_in
@@ -277,6 +299,8 @@ class Aggregator:
                 status[i] += n
             if st.endpoint == OTHER:
                 overflow += st.count
+            elif st.endpoint == UNMATCHED:
+                unmatched += st.count
         return {
             "requests": count,
             "status": dict(zip(STATUS_CLASSES, status)),
@@ -285,6 +309,7 @@ class Aggregator:
             "endpoints": len(self.endpoints),
             "max_endpoints": self.endpoints.max_endpoints,
             "overflow": overflow,
+            "unmatched": unmatched,
             "errors": self.errors_total,
             "recent_errors": len(self._ring),
         }

@@ -56,6 +56,17 @@ def _keyed(text: str | None) -> dict[str, int]:
     return out
 
 
+def parse_cpu_list(text: str | None) -> int | None:
+    """How many CPUs a cpuset list names (`0-3,8,10-11` -> 7); None when empty or malformed."""
+    n = 0
+    for part in (text or "").strip().split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            return None
+        n += int(hi) - int(lo) + 1 if dash else 1
+    return n or None
+
+
 def parse_proc_cgroup(text: str | None) -> tuple[str | None, dict[str, str]]:
     """/proc/self/cgroup -> (v2 path or None, {v1 controller: path})."""
     v2: str | None = None
@@ -91,6 +102,7 @@ class Cgroup:
         self.cpu_usage: Path | None = None
         self.cpu_usage_unit = 1e-6
         self.cpu_max = self.cfs_quota = self.cfs_period = None
+        self.cpuset: Path | None = None
         if (base / "cgroup.controllers").exists():
             d = _first(_under(base, v2path), lambda p: (p / "memory.current").exists() or
                        (p / "cpu.stat").exists())
@@ -103,6 +115,8 @@ class Cgroup:
                     self.cpu_usage = d / "cpu.stat"
                 if (d / "cpu.max").exists():
                     self.cpu_max = d / "cpu.max"
+                if (d / "cpuset.cpus.effective").exists():
+                    self.cpuset = d / "cpuset.cpus.effective"
         if self.memory_current is None:
             d = _first(_under(base / "memory", v1paths.get("memory")),
                        lambda p: (p / "memory.usage_in_bytes").exists())
@@ -122,9 +136,16 @@ class Cgroup:
             d = _first(cands, lambda p: (p / "cpu.cfs_quota_us").exists())
             if d is not None:
                 self.cfs_quota, self.cfs_period = d / "cpu.cfs_quota_us", d / "cpu.cfs_period_us"
+        if self.cpuset is None:
+            for d in _under(base / "cpuset", v1paths.get("cpuset")):
+                f = _first([d / "cpuset.effective_cpus", d / "cpuset.cpus"], Path.exists)
+                if f is not None:
+                    self.cpuset = f
+                    break
 
     def read(self) -> dict[str, Any]:
-        """memory_usage (working set), memory_limit, cpu_usage_seconds, cpu_limit_cores; None when unknown."""
+        """memory_usage (working set), memory_limit, cpu_usage_seconds, cpu_limit_cores, cpu_cores (the
+        cpuset's size); None when unknown."""
         usage = _int(_read(self.memory_current))
         if usage is not None and self.memory_stat is not None:
             # The working set, as kubectl top and the kubelet's eviction count it: page cache that
@@ -142,7 +163,7 @@ class Cgroup:
             if raw is not None:
                 cpu_seconds = raw * self.cpu_usage_unit
         return {"memory_usage": usage, "memory_limit": limit, "cpu_usage_seconds": cpu_seconds,
-                "cpu_limit_cores": self._cpu_limit()}
+                "cpu_limit_cores": self._cpu_limit(), "cpu_cores": parse_cpu_list(_read(self.cpuset))}
 
     def _cpu_limit(self) -> float | None:
         if self.cpu_max is not None:
@@ -230,7 +251,8 @@ class Resources:
 
     `root` is where /proc and /sys/fs/cgroup are looked up (tests point it at sample trees).
     cpu_percent is the container's CPU time over the wall time since the previous sample, in
-    percent of one core; None on the first sample or without cgroup CPU accounting.
+    percent of one core; None on the first sample or without cgroup CPU accounting. cpu_cores is how
+    many CPUs the container may run on, which the dashboard measures it against when there is no limit.
     """
 
     def __init__(self, root: str | os.PathLike = "/", pod: str | None = None,
@@ -277,6 +299,10 @@ class Resources:
 
     def container(self) -> dict[str, Any]:
         c = self.cgroup.read()
+        if c["cpu_cores"] is None and str(self.root) == "/" and hasattr(os, "sched_getaffinity"):
+            # Without a cpuset file, the CPUs this process may run on: the container's share of the
+            # node when it has no CPU limit (what the dashboard measures cpu_percent against).
+            c["cpu_cores"] = len(os.sched_getaffinity(0))
         now = self.clock()
         cpu = c["cpu_usage_seconds"]
         c["cpu_percent"] = None

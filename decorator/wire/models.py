@@ -85,6 +85,8 @@ class ContainerResource(_Wire):
     cpu_usage_seconds: Amount | None = None
     cpu_limit_cores: Amount | None = None
     cpu_percent: Annotated[float, Field(ge=0, le=1e6)] | None = None  # of one core, over the last interval
+    # The CPUs the container may run on (its cpuset): what it can use when it has no CPU limit.
+    cpu_cores: Annotated[float, Field(ge=0, le=MAX_CPUS)] | None = None
 
 
 class ResourcesPayload(_Wire):

@@ -57,7 +57,7 @@ def _history(dash, clock, rng: random.Random) -> None:
                         "method": e["method"], "status": 503, "time_ms": round(rng.uniform(900, 2500), 1),
                         "started": clock.t, "request_id": f"req-{tick}-{n}", "error": None}
                        for e in eps if e["status"]["5xx"]][:2]
-            dash.client.post("/stats", json=stats(pod, eps, samples)).raise_for_status()
+            dash.client.post("/stats", json={**stats(pod, eps, samples), "interval": 10.0}).raise_for_status()
             body = resources(pod, free=(3 << 30) - n * (400 << 20) - rng.randint(0, 50 << 20), container={
                 "memory_usage": (180 + 40 * n << 20) + rng.randint(0, 8 << 20), "memory_limit": 512 << 20,
                 "cpu_usage_seconds": tick * 0.1, "cpu_limit_cores": 1.0, "cpu_percent": 8 + 6 * n + rng.random() * 4})
@@ -165,6 +165,76 @@ def test_empty_dashboard_page_says_so_without_errors(start_dashboard, clock):
             expect(page.locator("#endpoints tbody")).to_contain_text("No traffic")
             expect(page.locator("#pod-name")).to_have_text("nobody")
             expect(page.locator("#chart-cpu")).to_contain_text("No data")
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_page_is_honest_about_rates_capacity_and_unmatched_paths(start_dashboard, clock):
+    """The issue's three cases in the browser: 30/s for the last minute of 15 shows 30/s now with the 2/s
+    average labelled as one; a container without limits at 198% of one core on a 4-core node reads
+    49.5% of 4 cores (50% on its card, 49.5 drawn on the CPU chart); the scan is one grouped `(unmatched)` row."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=15_000)
+    dash = start_dashboard(clock=clock, stale_after=30)
+    clock.t = float(int(clock.t) // 60 * 60)
+    unlimited = {"memory_usage": 300 << 20, "memory_limit": None, "cpu_usage_seconds": 9.0,
+                 "cpu_limit_cores": None, "cpu_percent": 198.0}
+    capped = {"memory_usage": 256 << 20, "memory_limit": 512 << 20, "cpu_usage_seconds": 2.0,
+              "cpu_limit_cores": 0.5, "cpu_percent": 40.0}
+    for tick in range(6):
+        clock.advance(10)
+        body = stats("busy-1", [endpoint("/api/users/{id}", [8.0] * 240),
+                                endpoint("(unmatched)", [2.0] * 60, statuses=[404] * 60)])
+        body["interval"] = 10.0
+        dash.client.post("/stats", json=body).raise_for_status()
+        for pod, container in (("busy-1", unlimited), ("capped-1", capped)):
+            dash.client.post("/resources", json=resources(pod, tick=tick + 1, cpus=4, total=8 << 30,
+                                                          container=container)).raise_for_status()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+                                     args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1100})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(dash.url + "/")
+
+            expect(page.locator("#kpi-rps")).to_have_text("30")
+            expect(page.locator("#kpi-rps-note")).to_have_text("last 30 s · avg 2 over 15 min")
+            expect(page.locator("#kpi-requests")).to_have_text("1800")
+            busy = page.locator('.pod[data-pod="busy-1"]')
+            expect(busy.locator(".row.traffic")).to_contain_text("30/s now")
+            expect(busy.locator(".row.traffic")).to_contain_text("avg 2/s")
+            expect(busy.locator(".row.ccpu")).to_contain_text("container CPU 50%")   # 49.5, shown as the chart axis shows it
+            expect(busy.locator(".row.ccpu")).to_contain_text("of 4 cores (no limit)")
+            expect(busy.locator(".row.cmem")).to_contain_text("300 MiB of 8.0 GiB node (no limit)")
+            cap = page.locator('.pod[data-pod="capped-1"]')
+            expect(cap.locator(".row.ccpu")).to_contain_text("container CPU 80%")
+            expect(cap.locator(".row.ccpu")).to_contain_text("of its 0.5-core limit")
+            expect(cap.locator(".row.cmem")).to_contain_text("256 MiB of 512 MiB limit")
+
+            # The CPU chart draws the card's numbers, on one 0-100 % axis for both pods.
+            expect(page.locator("#chart-cpu .u-legend")).to_contain_text("busy-1")
+            drawn = page.evaluate("""() => {
+                const u = state.charts.cpu.plot;
+                const out = {};
+                u.series.slice(1).forEach((s, i) => { out[s.label] = u.data[i + 1].filter((v) => v != null); });
+                return out;
+            }""")
+            assert set(drawn["busy-1"]) == {49.5} and set(drawn["capped-1"]) == {80.0}, drawn
+
+            row = page.locator("#endpoints tbody tr", has_text="(unmatched)")
+            expect(row.locator("td.ep")).to_have_class("ep group")
+            assert "4xx" in row.get_attribute("title")
+            expect(page.locator("#endpoints tbody")).to_contain_text("/api/users/{id}")
+
+            # The pod view says what its container CPU line is a percentage of.
+            busy.click()
+            expect(page.locator("#cpu-note")).to_have_text("node % of all its cores · container % of 4 cores (no limit)")
             assert errors == []
         finally:
             browser.close()

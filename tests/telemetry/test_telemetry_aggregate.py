@@ -184,3 +184,53 @@ def test_an_exchange_recorded_twice_counts_once_with_the_union_of_fields():
     assert len(snap["samples"]) == 1
     agg.record(make_ex("/a", status=500, ms=10))       # the next exchange counts again
     assert agg.snapshot_delta("p")["endpoints"][0]["count"] == 1
+
+
+def test_4xx_on_paths_never_answered_otherwise_are_one_name_and_take_no_place():
+    """A scanner's 404s become one `(unmatched)` row per method; real endpoints keep every place."""
+    agg = Aggregator(max_endpoints=3)
+    for i in range(500):
+        agg.record(make_ex(f"/random-{10853 + i}/x", status=404))
+        agg.record(make_ex(f"/wp-{i}.php", method="POST", status=403))
+    for path in ("/users/1", "/orders", "/health"):
+        agg.record(make_ex(path, status=200))
+    agg.record(make_ex("/users/2", status=404))          # a known name keeps its own 4xx
+    agg.record(make_ex("/later", status=200))            # the places are taken by real endpoints
+    by = {(e["method"], e["endpoint"]): e for e in agg.snapshot_delta()["endpoints"]}
+    assert {k: e["count"] for k, e in by.items()} == {
+        ("GET", "(unmatched)"): 500, ("POST", "(unmatched)"): 500, ("GET", "/users/{id}"): 2,
+        ("GET", "/orders"): 1, ("GET", "/health"): 1, ("GET", "other"): 1}
+    assert by[("GET", "/users/{id}")]["status"]["4xx"] == 1
+    assert by[("POST", "(unmatched)")]["file"] is False      # /wp-1.php looks like a file; the group is not
+    t = agg.totals()
+    assert (t["endpoints"], t["overflow"], t["unmatched"]) == (3, 1, 1000)
+
+
+def test_a_path_becomes_an_endpoint_once_answered_outside_4xx():
+    names = Endpoints(max_endpoints=10)
+    assert names.key(make_ex("/items/7", status=404)) == ("GET", "(unmatched)")
+    assert names.key(make_ex("/items/8", status=200)) == ("GET", "/items/{id}")
+    assert names.key(make_ex("/items/9", status=404)) == ("GET", "/items/{id}")
+    assert names.key(make_ex("/items/9", method="DELETE", status=405)) == ("DELETE", "(unmatched)")
+    assert names.key(make_ex("/boom/1", status=503)) == ("GET", "/boom/{id}")   # 5xx: the app has it
+    assert names.key(make_ex("/moved", status=301)) == ("GET", "/moved")
+    assert len(names) == 3
+
+
+def test_route_templates_always_name_their_exchanges_even_past_the_cap():
+    names = Endpoints(max_endpoints=1)
+    assert names.key(make_ex("/a", status=200)) == ("GET", "/a")
+    assert names.key(make_ex("/b", status=200)) == ("GET", "other")
+    # The rule set bounds route templates: they never spend or need a place, whatever the status.
+    assert names.key(make_ex("/users/x", route="/users/{name}", status=200)) == ("GET", "/users/{name}")
+    assert names.key(make_ex("/users/y", route="/users/{name}", status=404)) == ("GET", "/users/{name}")
+    assert names.key(make_ex("/c", status=200)) == ("GET", "other")
+    assert len(names) == 2
+
+
+def test_scanner_paths_do_not_fill_the_name_cache():
+    names = Endpoints()
+    names.key(make_ex("/real/1", status=200))
+    for i in range(10_000):
+        names.key(make_ex(f"/scan-{i}/x", status=404))
+    assert names._cache == {"/real/1": "/real/{id}"}

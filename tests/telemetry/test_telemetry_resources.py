@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from decorator.telemetry.resources import Cgroup, Resources, parse_proc_cgroup, pod_name
+from decorator.telemetry.resources import Cgroup, Resources, parse_cpu_list, parse_proc_cgroup, pod_name
 from decorator.wire.models import ResourcesPayload
 
 DATA = Path(__file__).parent / "data"
@@ -17,19 +17,20 @@ MiB = 1024 * 1024
 @pytest.mark.parametrize("tree, version, expected", [
     # memory.current 256 MiB minus inactive_file 64 MiB; the root cgroup's numbers are not picked
     ("v2", 2, {"memory_usage": 192 * MiB, "memory_limit": 512 * MiB, "cpu_usage_seconds": 12.5,
-               "cpu_limit_cores": 0.5}),
+               "cpu_limit_cores": 0.5, "cpu_cores": None}),
     # inside a cgroup namespace the container's own cgroup is the mount root
     ("v2-namespaced", 2, {"memory_usage": 100 * MiB, "memory_limit": 200 * MiB, "cpu_usage_seconds": 1.0,
-                          "cpu_limit_cores": 1.5}),
+                          "cpu_limit_cores": 1.5, "cpu_cores": None}),
+    # no limits: the cpuset says how many CPUs the container may use
     ("v2-unlimited", 2, {"memory_usage": 50 * MiB, "memory_limit": None, "cpu_usage_seconds": 0.0005,
-                         "cpu_limit_cores": None}),
+                         "cpu_limit_cores": None, "cpu_cores": 2}),
     # v1: usage minus total_inactive_file (the hierarchical count), cpuacct.usage in nanoseconds
     ("v1", 1, {"memory_usage": 250 * MiB, "memory_limit": 1024 * MiB, "cpu_usage_seconds": 2.5,
-               "cpu_limit_cores": 1.5}),
+               "cpu_limit_cores": 1.5, "cpu_cores": None}),
     ("v1-unlimited", 1, {"memory_usage": 70 * MiB, "memory_limit": None, "cpu_usage_seconds": 1.0,
-                         "cpu_limit_cores": None}),
+                         "cpu_limit_cores": None, "cpu_cores": 3}),
     ("absent", None, {"memory_usage": None, "memory_limit": None, "cpu_usage_seconds": None,
-                      "cpu_limit_cores": None}),
+                      "cpu_limit_cores": None, "cpu_cores": None}),
 ])
 def test_cgroup_files(tree, version, expected):
     cg = Cgroup(DATA / tree)
@@ -65,7 +66,7 @@ def test_absent_files_give_nulls_not_errors():
     s = Resources(DATA / "absent", pod="p").sample()
     ResourcesPayload.model_validate(s)
     assert s["container"] == {"memory_usage": None, "memory_limit": None, "cpu_usage_seconds": None,
-                              "cpu_limit_cores": None, "cpu_percent": None}
+                              "cpu_limit_cores": None, "cpu_cores": None, "cpu_percent": None}
     assert s["resource"]["load"] is None
     empty = Resources(DATA / "does-not-exist", pod="p").sample()
     ResourcesPayload.model_validate(empty)
@@ -111,3 +112,15 @@ def test_this_machine_does_not_raise():
     s = Resources(pod="here").sample()
     ResourcesPayload.model_validate(s)
     assert s["resource"]["total_memory"] > 0 and s["resource"]["cpus"]
+
+
+@pytest.mark.parametrize("text, n", [("0-3", 4), ("0-3,8,10-11\n", 7), ("5", 1), ("", None), ("x", None),
+                                     ("0-", None), (None, None)])
+def test_cpuset_lists_are_counted(text, n):
+    assert parse_cpu_list(text) == n
+
+
+def test_this_machine_says_how_many_cpus_the_process_may_use():
+    import os
+    c = Resources("/", pod="p").container()
+    assert 1 <= c["cpu_cores"] <= (os.cpu_count() or 1)     # its cpuset, else its affinity

@@ -56,6 +56,14 @@ function latClass(ms) {
   return "lat-bad";
 }
 function level(pct) { return pct >= 90 ? "crit" : pct >= 70 ? "warn" : ""; }
+function windowText() { return $("window").selectedOptions[0].textContent; }
+function fmtCores(n) { return `${+n.toFixed(2)} core${n === 1 ? "" : "s"}`; }
+// What a container's CPU % is of: its limit, else the cores it may use on the node (it has no limit).
+function capacityText(c) {
+  if (c.cpu_capacity === "limit") return `of its ${+c.cpu_capacity_cores.toFixed(2)}-core limit`;
+  if (c.cpu_capacity === "node") return `of ${fmtCores(c.cpu_capacity_cores)} (no limit)`;
+  return "";
+}
 
 // -- data ---------------------------------------------------------------------------------------
 
@@ -120,8 +128,11 @@ function setConn(ok, text) {
 
 function renderOverview(ov) {
   const t = ov.totals;
-  $("kpi-rps").textContent = fmtNum(t.rps, 2);
+  // The tile is the rate now; the window's average is labelled as one beside it.
+  $("kpi-rps").textContent = fmtNum(t.rps_now, 2);
+  $("kpi-rps-note").textContent = `last ${ov.recent} s · avg ${fmtNum(t.rps_avg, 2)} over ${windowText()}`;
   $("kpi-requests").textContent = fmtNum(t.requests);
+  document.querySelectorAll(".win-note").forEach((el) => { el.textContent = `over ${windowText()}`; });
   const er = $("kpi-errors");
   er.textContent = t.requests ? (t.error_rate * 100).toFixed(2) + "%" : "–";
   er.classList.toggle("bad", t.error_rate > 0.01);
@@ -137,6 +148,17 @@ function renderOverview(ov) {
   $("pods-note").textContent = `${ov.counts.pods} seen in the window; stale after ${ov.stale_after} s without resources` +
     (state.pod ? " · click the selected pod again for the fleet" : " · click a pod for its own view");
   renderPods(ov.pods);
+  cpuNote(ov.pods);
+}
+
+function cpuNote(pods) {
+  if (!state.pod) {
+    $("cpu-note").textContent = "% per pod: the container's of its limit (none: of the node's cores), else the node's";
+    return;
+  }
+  const c = (pods.find((p) => p.pod === state.pod) || {}).container || {};
+  $("cpu-note").textContent = "node % of all its cores" +
+    (c.cpu_capacity ? ` · container % ${capacityText(c)}` : "");
 }
 
 function renderPods(pods) {
@@ -152,7 +174,11 @@ function renderPods(pods) {
     const mem = p.memory || {};
     const memPct = mem.total ? (mem.used / mem.total) * 100 : null;
     const c = p.container || {};
-    const cPct = c.memory_limit ? (c.memory_usage / c.memory_limit) * 100 : null;
+    // Without a limit the container's memory is shown against the node's, and says so.
+    const cOf = c.memory_limit || mem.total;
+    const cPct = cOf && c.memory_usage != null ? (c.memory_usage / cOf) * 100 : null;
+    const cOfText = c.memory_limit ? fmtBytes(c.memory_limit) + " limit" :
+      mem.total ? fmtBytes(mem.total) + " node (no limit)" : "no limit";
     const traffic = p.traffic || {};
     return `<div class="pod${p.stale ? " stale" : ""}${p.pod === state.pod ? " selected" : ""}" data-pod="${esc(p.pod)}"` +
       ` title="${p.stale ? "no resources for " + fmtAge(p.age_s) : "reporting"}">` +
@@ -161,14 +187,16 @@ function renderPods(pods) {
       `<div class="cores">${cores}</div>` +
       `<div class="row"><span>node memory</span><span><b>${fmtBytes(mem.used)}</b> / ${fmtBytes(mem.total)}</span></div>` +
       `<div class="bar"><span class="${level(memPct)}" style="width:${memPct ?? 0}%"></span></div>` +
-      (c.memory_usage != null ? `<div class="row"><span>container</span><span><b>${fmtBytes(c.memory_usage)}</b>` +
-        ` / ${c.memory_limit ? fmtBytes(c.memory_limit) : "no limit"}</span></div>` +
-        `<div class="bar"><span class="${level(cPct)}" style="width:${cPct ?? 0}%"></span></div>` : "") +
-      (c.cpu_percent != null ? `<div class="row"><span>container CPU</span><span><b>${fmtPct(c.cpu_percent)}</b>` +
-        `${c.cpu_limit_cores ? ` · limit ${fmtNum(c.cpu_limit_cores, 2)} core${c.cpu_limit_cores === 1 ? "" : "s"}` : ""}` +
-        `</span></div>` : "") +
-      `<div class="row"><span>traffic <b>${fmtNum(traffic.rps, 2)}/s</b></span><span>p95 ` +
-      `<b class="lat ${latClass(traffic.p95_ms)}">${fmtMs(traffic.p95_ms)}</b></span></div>` +
+      (c.memory_usage != null ? `<div class="row cmem"><span>container</span><span><b>${fmtBytes(c.memory_usage)}</b>` +
+        ` of ${cOfText}</span></div>` +
+        `<div class="bar"><span class="${level(cPct)}" style="width:${Math.min(cPct ?? 0, 100)}%"></span></div>` : "") +
+      (c.cpu_share != null ? `<div class="row ccpu" title="${fmtPct(c.cpu_percent)} of one core">` +
+        `<span>container CPU <b>${fmtPct(c.cpu_share)}</b></span><span>${capacityText(c)}</span></div>` +
+        `<div class="bar"><span class="${level(c.cpu_share)}" style="width:${Math.min(c.cpu_share, 100)}%"></span></div>` : "") +
+      `<div class="row traffic"><span>traffic <b>${fmtNum(traffic.rps_now, 2)}/s</b> now</span>` +
+      `<span>avg ${fmtNum(traffic.rps_avg, 2)}/s</span></div>` +
+      `<div class="row"><span>p95 over ${windowText()}</span>` +
+      `<b class="lat ${latClass(traffic.p95_ms)}">${fmtMs(traffic.p95_ms)}</b></div>` +
       `</div>`;
   }).join("");
 }
@@ -198,11 +226,20 @@ function rowsOrEmpty(tbody, rows, cols, text) {
   tbody.innerHTML = rows.length ? rows.join("") : `<tr class="empty"><td colspan="${cols}">${text}</td></tr>`;
 }
 
+// Names that stand for many paths, as the sidecar groups them (decorator/telemetry/aggregate.py).
+const GROUPS = {
+  "(unmatched)": "4xx answers on paths that no route template names and that never answered otherwise " +
+                 "(scanners, typos): grouped so they cannot use up the endpoint budget",
+  "other": "endpoints past the sidecar's cap of distinct names",
+};
+
 function renderEndpoints(eps) {
   rowsOrEmpty($("endpoints").tBodies[0], eps.map((e) =>
-    `<tr data-endpoint="${esc(e.endpoint)}" title="chart this endpoint alone (click again for all)"` +
+    `<tr data-endpoint="${esc(e.endpoint)}" title="${esc(GROUPS[e.endpoint] || "chart this endpoint alone")}` +
+    ` (click again for all)"` +
     `${e.endpoint === state.endpoint ? ' class="selected"' : ""}>` +
-    `<td class="ep">${esc(e.endpoint)}${e.file ? ' <small class="muted">file</small>' : ""}</td>` +
+    `<td class="ep${GROUPS[e.endpoint] ? " group" : ""}">${esc(e.endpoint)}` +
+    `${e.file ? ' <small class="muted">file</small>' : ""}</td>` +
     `<td>${esc(e.method)}</td><td class="num">${fmtNum(e.hits)}</td>` +
     `<td class="num${e.errors ? " status-5xx" : ""}">${fmtNum(e.errors)}</td>` +
     `<td class="num"><span class="lat ${latClass(e.avg_ms)}">${fmtMs(e.avg_ms)}</span></td>` +
@@ -282,7 +319,6 @@ function readScope() {
   $("endpoint-crumb").hidden = !state.endpoint;
   $("endpoint-name").textContent = state.endpoint || "";
   $("fleet-link").classList.toggle("current", !state.pod);
-  $("cpu-note").textContent = state.pod ? "node % and container % of one core" : "% per pod (container, else node)";
   $("mem-note").textContent = state.pod ? "node used and container" : "per pod (container, else node used)";
   document.title = state.pod ? `${state.pod} · decorator` : "decorator · dashboard";
 }
@@ -291,6 +327,7 @@ window.addEventListener("hashchange", () => { readScope(); refresh(); });
 $("fleet-link").addEventListener("click", (ev) => { ev.preventDefault(); setScope(null, null); });
 $("endpoint-clear").addEventListener("click", (ev) => { ev.preventDefault(); setScope(state.pod, null); });
 $("window").addEventListener("change", (ev) => { state.window = ev.target.value; refresh(); });
+if ($("window").value !== state.window) state.window = $("window").value;   // a restored form field
 
 readScope();
 refresh();
