@@ -34,14 +34,19 @@ class Runtime:
     """Once per process: `await start()` before serving, `await close()` on the way out.
 
     counters: plain dicts {rule name: count} read by telemetry at scrape time.
+    workers, worker: how many worker processes serve the pod and which one this is (0-based; 1 and 0
+    without --workers). State kept here (notify cooldowns, rate-limit buckets) is per process; an
+    action whose numbers mean "per pod" reads `workers` (docs/workers.md says which do what).
     """
 
     def __init__(self, recorder: Any = None, pod: str = "", *, queue_size: int = 1000,
                  concurrency: int = 4, backoff: float = 0.5, backoff_max: float = 30.0,
                  retry_after_max: float = 60.0, close_timeout: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, workers: int = 1, worker: int = 0) -> None:
         self.recorder = recorder
         self.pod = pod
+        self.workers = workers
+        self.worker = worker
         self.counters: dict[str, dict[str, int]] = {name: {} for name in COUNTER_NAMES}
         self.trace = None  # test hook: callable(rule, action, phase) when an action runs
         self.backoff = backoff
@@ -68,8 +73,11 @@ class Runtime:
         d[rule] = d.get(rule, 0) + n
 
     # -- request path side: never waits -------------------------------------------------------
-    def submit(self, rule: str, event: dict, target: NotifyTarget) -> bool:
-        """Queue one event for sending; False (and counted as dropped) when the queue is full."""
+    def submit(self, rule: str, event: dict, target: NotifyTarget, key: str = "", cooldown: float = 0.0) -> bool:
+        """Queue one event for sending; False (and counted as dropped) when the queue is full.
+
+        `key` and `cooldown` are the rule's dedupe key and cooldown, already applied by the caller in
+        this process; a worker's runtime forwards them so the supervisor applies them per pod."""
         try:
             self._queue.put_nowait((rule, event, target))
         except asyncio.QueueFull:

@@ -28,7 +28,7 @@ class CaptureRuntime(Runtime):
         self.fired: list[tuple[str, str, str]] = []
         self.trace = lambda rule, action, phase: self.fired.append((rule, action, phase))
 
-    def submit(self, rule: str, event: dict, target: NotifyTarget) -> bool:
+    def submit(self, rule: str, event: dict, target: NotifyTarget, key: str = "", cooldown: float = 0.0) -> bool:
         self.events.append((rule, event, target))
         return True
 
