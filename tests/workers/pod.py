@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import os
@@ -172,3 +173,40 @@ def metric(samples: dict, name: str, **labels: str) -> float:
 
 def metric_sum(samples: dict, name: str) -> float:
     return sum(v for (n, _), v in samples.items() if n == name)
+
+
+class Receiver:
+    """Collects POSTs (a webhook, a dashboard): [(path, JSON body)], gzip bodies decoded."""
+
+    def __init__(self) -> None:
+        posts = self.posts = []
+        lock = self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                with lock:
+                    posts.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.srv.daemon_threads = True
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def bodies(self, path: str) -> list[dict]:
+        with self.lock:
+            return [b for p, b in self.posts if p == path]
+
+    def close(self) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()

@@ -4,17 +4,14 @@ drains every worker. Servers on port 0 (the supervisor resolves it once), an app
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import signal
-import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.workers.pod import AppServer, Pod, metric, metric_sum, wait_until
+from tests.workers.pod import AppServer, Pod, Receiver, metric, metric_sum, wait_until
 
 DURATION_COUNT = "http_server_request_duration_seconds_count"
 
@@ -116,3 +113,120 @@ def test_workers_1_is_one_process_without_a_supervisor(app, pods):
     assert pod.status()["workers"] == {"count": 1, "chosen": "--workers 1"}
     assert "one process, no supervisor" in pod.text()
     assert pod.stop() == 0
+
+
+def _rules(path, body: str) -> None:
+    """Replace the rules file in one rename (as an editor or the kubelet does)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"rules:\n  - name: hello\n    match: {{path: /hello}}\n    respond: {{body: {body}}}\n")
+    tmp.rename(path)
+
+
+def _all_workers_on(pod, digest: str) -> bool:
+    return all(w["ready"] and w["rules"] == digest for w in pod.workers())
+
+
+def test_a_reload_reaches_every_worker_and_a_bad_edit_is_refused_once(app, pods, tmp_path):
+    rules = tmp_path / "rules" / "hello.yaml"
+    rules.parent.mkdir()
+    _rules(rules, "v1")
+    pod = pods(2, app.port, "--rules", str(rules.parent), "--reload-poll", "0.5s")
+    first = pod.status()["rules"]["active"]["digest"]
+    assert _all_workers_on(pod, first)
+    _rules(rules, "v2")
+    pod.wait_log(r"rules reloaded \((?:watch|poll)\)")
+    second = pod.status()["rules"]["active"]["digest"]
+    assert second != first
+    wait_until(lambda: _all_workers_on(pod, second), what="every worker on the new rules")
+    with ThreadPoolExecutor(8) as ex:
+        assert set(ex.map(lambda _: pod.get("/hello"), range(60))) == {(200, b"v2")}
+    assert all(w["requests"] > 0 for w in pod.workers())
+
+    rules.with_suffix(".tmp").write_text("rules:\n  - name: hello\n    match: {path: /hello}\n    respnd: {}\n")
+    rules.with_suffix(".tmp").rename(rules)
+    pod.wait_log(r"rules reload \((?:watch|poll)\) rejected")
+    time.sleep(2.0)  # four polls: the broken file is still reported once, by the supervisor only
+    log = pod.text()
+    assert log.count("rejected, keeping") == 1, log
+    assert "[worker" not in "".join(line for line in log.splitlines() if "respnd" in line)
+    m = pod.metrics()
+    assert metric(m, "decorator_rule_reload_failures_total") == 1
+    assert metric(m, "decorator_rule_reloads_total") == 1
+    assert _all_workers_on(pod, second)
+    with ThreadPoolExecutor(8) as ex:
+        assert set(ex.map(lambda _: pod.get("/hello"), range(20))) == {(200, b"v2")}
+    assert pod.stop() == 0
+
+
+def test_sighup_reloads_once_in_the_supervisor_and_the_workers_survive_it(app, pods, tmp_path):
+    rules = tmp_path / "hello.yaml"
+    _rules(rules, "v1")
+    pod = pods(2, app.port, "--rules", str(rules), "--no-watch")
+    pids = [w["pid"] for w in pod.workers()]
+    _rules(rules, "v3")
+    for pid in pids:  # as a SIGHUP to the whole process group would: the workers ignore it
+        os.kill(pid, signal.SIGHUP)
+    pod.proc.send_signal(signal.SIGHUP)
+    pod.wait_log(r"rules reloaded \(SIGHUP\)")
+    digest = pod.status()["rules"]["active"]["digest"]
+    wait_until(lambda: _all_workers_on(pod, digest), what="every worker on the SIGHUP rules")
+    assert [w["pid"] for w in pod.workers()] == pids
+    assert pod.get("/hello") == (200, b"v3")
+    assert pod.text().count("rules reloaded (SIGHUP)") == 1
+    assert pod.stop() == 0
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_notify_cooldown_is_per_pod_one_event_for_an_incident_seen_by_every_worker(app, pods, tmp_path,
+                                                                                  receiver):
+    rules = tmp_path / "alert.yaml"
+    rules.write_text("rules:\n  - name: page\n    match: {path: /alert}\n"
+                     f"    notify: {{url: 'http://127.0.0.1:{receiver.port}/hook', cooldown: 60s}}\n")
+    pod = pods(2, app.port, "--rules", str(rules))
+    n = 60
+    with ThreadPoolExecutor(8) as ex:
+        assert set(ex.map(lambda _: pod.get("/alert"), range(n))) == {(200, b"app")}
+    assert all(w["requests"] > 0 for w in pod.workers()), "the incident reached both workers"
+    wait_until(lambda: receiver.bodies("/hook"), what="the notification")
+    m = wait_until(lambda: (lambda m: metric(m, "decorator_notify_sent_total", rule="page") == 1 and m)(pod.metrics()),
+                   what="notify_sent counted")
+    assert metric(m, "decorator_notify_suppressed_total", rule="page") == n - 1
+    assert metric(m, "decorator_rule_hits_total", rule="page") == n
+    assert pod.stop() == 0  # the supervisor's runtime flushes on the way out: nothing else was queued
+    assert len(receiver.bodies("/hook")) == 1
+    event = receiver.bodies("/hook")[0]
+    assert event["rule"] == "page" and event["request"]["path"] == "/alert"
+
+
+def test_the_dashboard_gets_one_pod_with_every_worker_s_exchanges(app, pods, tmp_path, receiver):
+    rules = tmp_path / "record.yaml"
+    rules.write_text("rules:\n  - name: timing\n    record: {timing: true, status: true, size: true}\n")
+    pod = pods(2, app.port, "--rules", str(rules), "--dashboard", f"http://127.0.0.1:{receiver.port}",
+               env={"POD_NAME": "web-7"})
+    n = 80
+    with ThreadPoolExecutor(8) as ex:
+        assert set(ex.map(lambda i: pod.get(f"/orders/{i}" if i % 2 else "/slow?ms=30"), range(n))) == {(200, b"app")}
+    assert all(w["requests"] > 0 for w in pod.workers())
+    assert pod.stop() == 0  # the last deltas are pushed on the way out
+    stats = receiver.bodies("/stats")
+    assert stats and {s["pod"] for s in stats} == {"web-7"}
+    assert {r["pod"] for r in receiver.bodies("/resources")} == {"web-7"}
+    eps: dict = {}
+    for s in stats:
+        for e in s["endpoints"]:
+            have = eps.setdefault((e["method"], e["endpoint"]), {"count": 0, "2xx": 0, "buckets": [0] * 14})
+            have["count"] += e["count"]
+            have["2xx"] += e["status"]["2xx"]
+            have["buckets"] = [a + b for a, b in zip(have["buckets"], e["latency_buckets"])]
+    assert eps[("GET", "/orders/{id}")]["count"] == n // 2
+    assert eps[("GET", "/slow")]["count"] == n // 2
+    assert sum(e["2xx"] for e in eps.values()) == n
+    assert all(sum(e["buckets"]) == e["count"] for e in eps.values())
+    # Every /slow exchange took at least 30 ms: all of them in the 50 ms bucket or above, from both workers.
+    assert sum(eps[("GET", "/slow")]["buckets"][:5]) == 0
