@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rss_soak import start_upstream  # noqa: E402  (bench/ is a directory of scripts, not a package)
+from rss_soak import start_upstream  # bench/ is a directory of scripts, not a package
 
 REPO = Path(__file__).resolve().parent.parent
 EXTRA_WORKER_LIMIT_MB = 25.0
@@ -62,7 +62,9 @@ class Pod:
 
     def __init__(self, workers: int, upstream: int) -> None:
         self.port, self.admin = free_port(), free_port()
-        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-workers-{workers}-", suffix=".log", delete=False)
+        fd, name = tempfile.mkstemp(prefix=f"bench-workers-{workers}-", suffix=".log")
+        self.log = os.fdopen(fd, "wb")
+        self.log_name = name
         env = {k: v for k, v in os.environ.items()
                if k not in ("RULES", "DASHBOARD", "MOTHERSHIP", "LOG_LEVEL", "WORKERS")}
         env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -74,12 +76,12 @@ class Pod:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"workers bench: decorator exited ({self.proc.returncode}); log {self.log.name}")
-            if re.search(r"(decorator|decorator\.workers): listening on", Path(self.log.name).read_text()):
+                raise SystemExit(f"workers bench: decorator exited ({self.proc.returncode}); log {self.log_name}")
+            if re.search(r"(decorator|decorator\.workers): listening on", Path(self.log_name).read_text()):
                 break
             time.sleep(0.05)
         else:
-            raise SystemExit(f"workers bench: decorator not listening after 60s; log {self.log.name}")
+            raise SystemExit(f"workers bench: decorator not listening after 60s; log {self.log_name}")
 
     def pids(self) -> list[int]:
         try:
@@ -113,7 +115,7 @@ class Pod:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
-        os.unlink(self.log.name)
+        os.unlink(self.log_name)
         return self.proc.returncode
 
 

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from decorator import build
-from decorator.actions.runtime import Runtime
+from decorator.actions.runtime import COUNTER_NAMES, Runtime
 from decorator.admin import AdminServer, json_response
 from decorator.app import app_unreachable, setup_logging
 from decorator.settings import Settings
@@ -311,10 +311,10 @@ class Supervisor:
         return 200, ctype, body
 
     async def _status(self):
-        await self.fresh()
-        return json_response(self.status())
+        return json_response(self.status(await self.fresh()))
 
-    def status(self) -> dict[str, Any]:
+    def status(self, merged: dict[str, Any] | None = None) -> dict[str, Any]:
+        """/status; `merged` is `fresh()`'s sum (the rule counters shown come from it)."""
         s = self.settings
         now = time.monotonic()
         workers = []
@@ -344,7 +344,8 @@ class Supervisor:
                         "supervisor_pid": os.getpid(), "supervisor_rss_bytes": _rss(os.getpid()),
                         "list": workers},
             "rules": self.reloader.status() if self.reloader is not None else None,
-            "rule_counters": self.metrics._counters.get("rule_hits") if self.metrics._counters else None,
+            "rule_counters": ({k: v for k, v in merged["counters"].items() if k in COUNTER_NAMES}
+                              if merged is not None and self.reloader is not None else None),
             "telemetry": {"push": self.pusher.status() if self.pusher is not None else None,
                           "requests_recorded": self.stats.requests, "worker_deltas": self.stats.deltas},
             "build": build.summary(),

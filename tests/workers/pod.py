@@ -83,7 +83,8 @@ def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "con
 class Pod:
     """`decorator run --workers N` on port 0 with an admin port; stderr in a file read by the test."""
 
-    def __init__(self, tmp: Path, workers: str | int, target: int, *args: str, env: dict | None = None) -> None:
+    def __init__(self, tmp: Path, workers: str | int | None, target: int, *args: str,
+                 env: dict | None = None) -> None:
         self.log = tmp / f"pod-{time.monotonic_ns()}.log"
         self.admin = admin_port()
         e = {k: v for k, v in os.environ.items() if k not in ("DASHBOARD", "MOTHERSHIP", "RULES", "WORKERS")}
@@ -91,8 +92,8 @@ class Pod:
         with open(self.log, "w") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "decorator", "run", "--host", "127.0.0.1", "--port", "0",
-                 "--admin-port", str(self.admin), "--target", f"127.0.0.1:{target}", "--workers", str(workers),
-                 *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=e, cwd=ROOT)
+                 "--admin-port", str(self.admin), "--target", f"127.0.0.1:{target}",
+                 *(("--workers", str(workers)) if workers is not None else ()), *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=e, cwd=ROOT)
         # The supervisor's line (a worker's own says `decorator[worker N]:`), or the single process's.
         m = self.wait_log(r"(?:decorator|decorator\.workers): listening on 127\.0\.0\.1:(\d+)")
         self.port = int(m.group(1))

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from decorator.workers.count import auto_workers
 from tests.workers.pod import AppServer, Pod, Receiver, metric, metric_sum, wait_until
 
 DURATION_COUNT = "http_server_request_duration_seconds_count"
@@ -104,6 +106,27 @@ def test_sigterm_with_requests_in_flight_on_every_worker_loses_none(app, pods):
     log = pod.text()
     assert log.count("stopped after") == 3, log  # two workers and the supervisor
     assert "not clean" not in log
+
+
+def test_auto_from_the_environment_is_logged_and_on_status(app, pods):
+    n, why = auto_workers()  # this box's answer (2 on the 2-core VM; 1 runs one plain process)
+    pod = pods(None, app.port, env={"WORKERS": "auto"})
+    status = pod.status()
+    assert status["workers"]["count"] == n and status["workers"]["chosen"] == why
+    assert why in pod.text()
+    assert len(pod.children()) == (n if n > 1 else 0)
+    assert pod.get() == (200, b"app")
+    assert pod.stop() == 0
+
+
+def test_a_port_in_use_stops_the_start_with_one_line(app, pods, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(AssertionError, match="cannot listen") as e:
+            pods(2, app.port, "--port", str(port))
+    assert "exited with 1" in str(e.value)
 
 
 def test_workers_1_is_one_process_without_a_supervisor(app, pods):
