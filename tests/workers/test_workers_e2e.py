@@ -96,7 +96,7 @@ def test_sigterm_with_requests_in_flight_on_every_worker_loses_none(app, pods):
     pod = pods(2, app.port, "--drain-timeout", "20s")
     n = 24
     with ThreadPoolExecutor(n) as ex:
-        futures = [ex.submit(pod.get, "/slow?ms=2500", 30) for _ in range(n)]
+        futures = [ex.submit(pod.get, "/slow?ms=4000", 30) for _ in range(n)]
         wait_until(lambda: all((w["in_flight"] or 0) > 0 for w in pod.workers())
                    and sum(w["in_flight"] for w in pod.workers()) == n, what="requests in flight on every worker")
         pod.proc.send_signal(signal.SIGTERM)
