@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -253,3 +254,20 @@ def test_the_dashboard_gets_one_pod_with_every_worker_s_exchanges(app, pods, tmp
     assert all(sum(e["buckets"]) == e["count"] for e in eps.values())
     # Every /slow exchange took at least 30 ms: all of them in the 50 ms bucket or above, from both workers.
     assert sum(eps[("GET", "/slow")]["buckets"][:5]) == 0
+
+
+def test_workers_drain_and_exit_when_the_supervisor_is_killed(app, pods):
+    pod = pods(2, app.port)
+    pids = [w["pid"] for w in pod.workers()]
+    pod.proc.send_signal(signal.SIGKILL)
+    pod.proc.wait(10)
+
+    def gone(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        return state == "Z"  # exited; reparented to an init that has not reaped it yet
+
+    wait_until(lambda: all(gone(p) for p in pids), what="no orphaned worker")
+    assert "the supervisor is gone: draining and exiting" in pod.text()
