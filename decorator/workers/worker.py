@@ -105,13 +105,14 @@ class Worker:
         self.writer.close()
         return 0
 
-    def install(self, digest: str, ruleset: Any) -> bool:
-        """Compile the rules the supervisor validated and swap them in; on failure keep the last good."""
+    def install(self, digest: str, ruleset: Any, hooks: Any = None) -> bool:
+        """Compile the rules the supervisor validated (unless `hooks` are the compiled ones) and swap
+        them in; on failure keep the last good."""
         from decorator.rules.compile import compile_rules
         app = self.app
         assert app is not None and app.runtime is not None
         try:
-            app._swap(compile_rules(ruleset, app.runtime))
+            app._swap(hooks if hooks is not None else compile_rules(ruleset, app.runtime))
         except Exception as e:  # validated already: a failure here is a bug, keep the traceback
             log.exception("installing rules %s failed; keeping %s", digest[:12], (self.digest or "none")[:12])
             self.send({"t": "rules", "ok": False, "digest": digest, "error": f"{type(e).__name__}: {e}"})
@@ -119,6 +120,19 @@ class Worker:
         self.digest = digest
         self.send({"t": "rules", "ok": True, "digest": digest})
         return True
+
+    async def reinstall(self, digest: str, ruleset: Any) -> None:
+        """A reload: compiled in a thread as a single process's reload is (the proxy shares this
+        loop), swapped in on the loop. Messages are handled in order, so rule sets never cross."""
+        from decorator.rules.compile import compile_rules
+        assert self.app is not None
+        try:
+            hooks = await asyncio.to_thread(compile_rules, ruleset, self.app.runtime)
+        except Exception as e:
+            log.exception("compiling rules %s failed; keeping %s", digest[:12], (self.digest or "none")[:12])
+            self.send({"t": "rules", "ok": False, "digest": digest, "error": f"{type(e).__name__}: {e}"})
+            return
+        self.install(digest, ruleset, hooks)
 
     def snapshot(self, final: bool = False) -> dict[str, Any]:
         app = self.app
@@ -141,7 +155,7 @@ class Worker:
             if kind == "snap":
                 self.send(self.snapshot())
             elif kind == "rules":
-                self.install(msg["digest"], msg["ruleset"])
+                await self.reinstall(msg["digest"], msg["ruleset"])
 
 
 async def _main(fd: int, index: int) -> int:
