@@ -32,6 +32,16 @@ def setup_logging(level: str) -> None:
     root.propagate = False
 
 
+async def app_unreachable(host: str, port: int) -> str | None:
+    """Why the app cannot be reached (one line for /readyz), or None when it accepts a connection."""
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+        w.close()
+    except (TimeoutError, OSError) as e:
+        return f"app at {host}:{port} unreachable: {e}\n"
+    return None
+
+
 class App:
     """Everything `decorator run` runs, startable in-process for tests."""
 
@@ -53,6 +63,7 @@ class App:
         self.runtime = None
         self.reloader = None
         self.rules_hooks = None
+        self.listen_sock = None  # a worker's own SO_REUSEPORT socket (decorator.workers); else bind here
 
     def _build(self, paths):
         """load + validate + compile: what a reload swaps in (RulesInvalid on a user error).
@@ -95,10 +106,12 @@ class App:
         if self.reloader is not None:
             await self.reloader.start()
         await self.telemetry.start()
-        await self.proxy.start(s.host, s.port)
+        await self.proxy.start(s.host, s.port, sock=self.listen_sock)
         if s.admin_port:
             self.admin = AdminServer(self.admin_routes())
             await self.admin.start(s.admin_host, s.admin_port)
+        if s.workers == 1 and s.workers_reason != "default 1":  # `--workers 1`, or `auto` found one CPU
+            log.info("workers: 1 (%s): one process, no supervisor", s.workers_reason)
         log.info("listening on %s:%d, forwarding to %s:%d%s", s.host, self.proxy.port, s.target_host,
                  s.target_port, f", admin on :{self.admin.port}" if self.admin else "")
         release_memory()  # start-up garbage (imports, the first build) goes back to the OS
@@ -118,11 +131,9 @@ class App:
         if self.proxy.draining:
             return 503, "text/plain", b"draining\n"
         s = self.settings
-        try:
-            _, w = await asyncio.wait_for(asyncio.open_connection(s.target_host, s.target_port), 1.0)
-            w.close()
-        except (TimeoutError, OSError) as e:
-            return 503, "text/plain", f"app at {s.target_host}:{s.target_port} unreachable: {e}\n".encode()
+        problem = await app_unreachable(s.target_host, s.target_port)
+        if problem:
+            return 503, "text/plain", problem.encode()
         return 200, "text/plain", b"ready\n"
 
     def _status(self):
@@ -136,6 +147,7 @@ class App:
             "target": f"{s.target_host}:{s.target_port}",
             "uptime_s": round(time.time() - self.started_at, 1),
             "draining": self.proxy.draining,
+            "workers": {"count": s.workers, "chosen": s.workers_reason},
             "proxy": dict(self.proxy.stats, connections_open=len(self.proxy.connections)),
             "upstream": dict(self.proxy.upstream_stats, idle=len(self.proxy.pool.idle)),
             "rules": self.reloader.status() if self.reloader is not None else None,

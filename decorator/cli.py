@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reload-poll", metavar="DURATION", help="besides watching for file changes, "
                    "compare the rules files with what is loaded this often and reload if they differ "
                    "(default 5s; 0 = watch only)")
+    r.add_argument("--workers", metavar="N|auto", help="serve with N worker processes, each on its own "
+                   "SO_REUSEPORT socket, under a supervisor that owns the admin port, the rules and the "
+                   "telemetry (env WORKERS; default 1: one process, no supervisor); auto = the cgroup CPU "
+                   "limit rounded up, else the CPUs allowed, at most 8")
     r.add_argument("--no-watch", action="store_true", help="no automatic reload at all: neither the "
                    "file watch nor the poll; only SIGHUP reloads the rules")
 
@@ -153,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     if args.command == "run":
         from decorator import settings as settings_mod
+        settings = settings_mod.from_args(args)
+        if settings.workers > 1:
+            from decorator.workers.supervisor import run as run_workers
+            return run_workers(settings)
         from decorator.app import run
-        return run(settings_mod.from_args(args))
+        return run(settings)
     if args.command == "validate":
         from decorator.rules.commands import validate
         return validate(args.paths, fmt=args.format)

@@ -1,8 +1,8 @@
 """Environment + flags -> one frozen Settings object for `decorator run`.
 
 Owns parsing and checking of every run-time knob (ports, timeouts, limits). Flags win over env.
-Imports only errors, units and proxy.limits (the proxy owns its limits; settings fills them);
-knows nothing of sockets, rules or telemetry.
+Imports only errors, units, proxy.limits (the proxy owns its limits; settings fills them) and
+workers.count (`--workers auto`); knows nothing of sockets, rules or telemetry.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from decorator.errors import UsageError
 from decorator.proxy.limits import Limits
 from decorator.units import duration_seconds, size_bytes
+from decorator.workers.count import parse_workers
 
 
 def parse_duration(text: str, what: str) -> float:
@@ -108,6 +109,8 @@ class Settings:
     # OTEL_* and the Downward API's POD_NAMESPACE / NODE_NAME, as given: telemetry.otel reads them
     # the way the OTel SDKs do (an invalid value is a warning and its default, not a refusal to start).
     otel_env: tuple[tuple[str, str], ...] = ()
+    workers: int = 1                       # --workers/WORKERS; 1 = one process, no supervisor
+    workers_reason: str = "default 1"      # how `workers` was chosen (logged, on /status)
 
 
 def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
@@ -164,6 +167,9 @@ def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
     if not watch and reload_poll:
         raise UsageError("--reload-poll: --no-watch turns off every automatic reload, the poll too; "
                          "give one or the other (SIGHUP reloads either way)")
+    workers_text, workers_what = pick(getattr(args, "workers", None), "WORKERS", None)
+    workers, workers_reason = (parse_workers(workers_text, workers_what) if workers_text is not None
+                               else (1, "default 1"))
     log_level = (args.log_level or env.get("LOG_LEVEL") or "info").lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise UsageError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
@@ -185,6 +191,8 @@ def from_args(args, env: Mapping[str, str] | None = None) -> Settings:
         watch=watch,
         otel_env=tuple(sorted((k, v) for k, v in env.items()
                               if k.startswith("OTEL_") or k in ("POD_NAME", "POD_NAMESPACE", "NODE_NAME"))),
+        workers=workers,
+        workers_reason=workers_reason,
     )
 
 

@@ -27,6 +27,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "decorator.dashboard": ("decorator.proxy", "decorator.rules", "decorator.actions", "decorator.telemetry"),
     "decorator.wire": ("decorator.proxy", "decorator.rules", "decorator.actions", "decorator.telemetry",
                        "decorator.dashboard", "decorator.settings"),
+    "decorator.workers": ("decorator.rules.models", "decorator.rules.load", "decorator.dashboard",
+                          "decorator.wire.models", "pydantic"),
     "decorator.units": ("decorator.",),
     "decorator.delivery": ("decorator.",),
     "decorator.errors": ("decorator.",),

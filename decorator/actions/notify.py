@@ -113,4 +113,4 @@ class Notify(Action):
             if values is None:
                 values = template_values(ex, self.rule.name, ex.status)
             event["message"] = self._message.render(values)
-        self.runtime.submit(self.rule.name, event, self._target)
+        self.runtime.submit(self.rule.name, event, self._target, key, self._cooldown)

@@ -49,15 +49,20 @@ class Runtime:
 
     counters: plain dicts {rule name: count} read by telemetry at scrape time; "shadow_hits" is
     {rule name: {action: count}}.
+    workers, worker: how many worker processes serve the pod and which one this is (0-based; 1 and 0
+    without --workers). State kept here (notify cooldowns, rate-limit buckets) is per process; an
+    action whose numbers mean "per pod" reads `workers` (docs/workers.md says which do what).
     """
 
     def __init__(self, recorder: Any = None, pod: str = "", *, queue_size: int = 1000,
                  concurrency: int = 4, backoff: float = 0.5, backoff_max: float = 30.0,
                  retry_after_max: float = 60.0, close_timeout: float = 5.0,
                  clock: Callable[[], float] = time.monotonic, mirror_queue: int = 1000,
-                 mirror_concurrency: int = 4) -> None:
+                 mirror_concurrency: int = 4, workers: int = 1, worker: int = 0) -> None:
         self.recorder = recorder
         self.pod = pod
+        self.workers = workers
+        self.worker = worker
         self.counters: dict[str, dict[str, int]] = {name: {} for name in COUNTER_NAMES}
         self.trace = None  # callable(rule, action, phase, ex) when an action runs (tests, tracing)
         self.close_timeout = close_timeout
@@ -118,8 +123,11 @@ class Runtime:
                             ex.method, ex.path, ex.request_id, more)
 
     # -- request path side: never waits -------------------------------------------------------
-    def submit(self, rule: str, event: dict, target: NotifyTarget) -> bool:
-        """Queue one event for sending; False (and counted as dropped) when the queue is full."""
+    def submit(self, rule: str, event: dict, target: NotifyTarget, key: str = "", cooldown: float = 0.0) -> bool:
+        """Queue one event for sending; False (and counted as dropped) when the queue is full.
+
+        `key` and `cooldown` are the rule's dedupe key and cooldown, already applied by the caller in
+        this process; a worker's runtime forwards them so the supervisor applies them per pod."""
         return self.delivery.submit((rule, event, target))
 
     # -- background side ----------------------------------------------------------------------

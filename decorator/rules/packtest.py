@@ -40,7 +40,7 @@ class CaptureRuntime(Runtime):
         super().shadow_hit(rule, action, what, ex)
         self.shadowed.append((rule, action, what))
 
-    def submit(self, rule: str, event: dict, target: NotifyTarget) -> bool:
+    def submit(self, rule: str, event: dict, target: NotifyTarget, key: str = "", cooldown: float = 0.0) -> bool:
         self.events.append((rule, event, target))
         return True
 

@@ -90,6 +90,15 @@ KNOWN: dict[str, tuple[str, str, str, str | tuple[str, ...] | None]] = {
                        "Connections to the app that could not be opened.", None),
     "connects": ("decorator_upstream_connects", "counter", "Connections opened to the app.", None),
     "reuses": ("decorator_upstream_reuses", "counter", "Exchanges sent on a pooled app connection.", None),
+    # the supervisor of a multi-worker pod (decorator.workers)
+    "workers": ("decorator_workers", "gauge", "Worker processes the pod runs (--workers).", None),
+    "workers_ready": ("decorator_workers_ready", "gauge", "Worker processes listening and serving.", None),
+    "worker_requests": ("decorator_worker_requests", "counter",
+                        "Exchanges each worker process started (an imbalance shows here).", "worker"),
+    "worker_restarts": ("decorator_worker_restarts", "counter",
+                        "Worker processes started again after they exited.", "worker"),
+    "worker_resident_memory_bytes": ("decorator_worker_resident_memory_bytes", "gauge",
+                                     "Resident memory of each worker process.", "worker"),
     # the pusher (Pusher.counters)
     "push_sent": ("decorator_push_sent", "counter", "Telemetry posts the dashboard accepted.", None),
     "push_failed": ("decorator_push_failed", "counter", "Telemetry posts that failed.", None),
