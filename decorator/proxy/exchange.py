@@ -376,6 +376,11 @@ class Flow(Exchange):
             parts.append(b"X-Forwarded-Proto: http\r\n")
         if framing.request_id is None:
             parts += (b"X-Request-Id: ", self.request_id.encode("latin-1"), b"\r\n")
+        if framing.host is None:
+            # An HTTP/1.0 request without Host goes on as HTTP/1.1, which must have one (RFC 9112
+            # §3.2): the app's own address, as nginx sends $proxy_host.
+            pool = self.server.pool
+            parts.append(b"Host: %s:%d\r\n" % (pool.host.encode("latin-1"), pool.port))
         if framing.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         if framing.upgrade is not None:

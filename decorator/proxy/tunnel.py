@@ -198,6 +198,7 @@ class ClientConnection(Downstream):
         self._headers: list[tuple[bytes, bytes]] = []
         self._writable: asyncio.Future | None = None
         self.lingering = False
+        self.got_eof = False    # the client half-closed: nothing to linger for
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -233,6 +234,7 @@ class ClientConnection(Downstream):
             w.set_result(None)
 
     def eof_received(self) -> bool:
+        self.got_eof = True
         if self.lingering:
             self.transport.close()  # type: ignore[union-attr]
             return False
@@ -244,6 +246,12 @@ class ClientConnection(Downstream):
         if self.active is None and not self.queue:
             self.transport.close()  # type: ignore[union-attr]
             return False
+        flow = self.parsing
+        if flow is not None and flow.resp_state == RESP_NONE:
+            # The body can never be completed: answer now rather than hold the exchange (and the
+            # app's connection, with the partial request on it) until the body timeout.
+            self._reject(400, "the client closed the connection before the end of the request body")
+            return True
         # A half-closed client still waits for its answers; close after them.
         self.draining = True
         return True
@@ -494,6 +502,11 @@ class ClientConnection(Downstream):
         self.lingering = True
         t = self.transport
         if t is None:
+            return
+        if self.got_eof:
+            # The client has sent all it will (its EOF came first): no input can follow to cause
+            # a reset, and no second EOF would come to end the lingering.
+            t.close()
             return
         try:
             if t.can_write_eof():
