@@ -9,6 +9,7 @@ from pathlib import Path
 
 import logging
 import random
+import socket
 from collections.abc import Callable
 
 from hypothesis import HealthCheck, Phase, given, settings
@@ -149,3 +150,19 @@ def splits(r: random.Random, data: bytes) -> list[bytes]:
         prev = c
     parts.append(data[prev:])
     return parts
+
+
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+def client_socket_options(s: socket.socket) -> None:
+    """A campaign opens thousands of client connections a second on a machine other tests share.
+    Each closes with a reset (SO_LINGER 0: no TIME_WAIT pile), takes its port at connect time even
+    when bound to a source address (IP_BIND_ADDRESS_NO_PORT), and has SO_REUSEADDR so that another
+    process's listener (with SO_REUSEADDR, as asyncio's are) can still bind the same port number."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+    except OSError:
+        pass

@@ -453,11 +453,17 @@ class Flow(Exchange):
                    hop: list[tuple[bytes, bytes]], content_length: int) -> None:
         up = self.up
         self.t_last_up = up.last_read  # type: ignore[union-attr]
-        if status < 200 and status != 101:
-            # Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they are.
-            if self.version == "1.1" and self.up_state == UP_WAITING:
-                self.conn.out.append(status_line(status) + serialize_headers(headers) + b"\r\n")
-            return
+        if status < 200:
+            if status != 101:
+                # Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they are.
+                if self.version == "1.1" and self.up_state == UP_WAITING:
+                    self.conn.out.append(status_line(status) + serialize_headers(headers) + b"\r\n")
+                return
+            if self.framing.upgrade is None:  # type: ignore[union-attr]
+                # RFC 9110 §15.2.2: only to a protocol the client asked for. Relaying it would
+                # leave the client waiting for a response that will never come.
+                self.up_failed("the app switched protocols without an upgrade request")
+                return
         try:
             rf = check_response(keep_alive, status, headers, hop, content_length)
         except FramingError as e:

@@ -14,6 +14,8 @@ import collections
 import itertools
 import logging
 import random
+import socket
+import struct
 import time
 from typing import Any
 
@@ -47,6 +49,7 @@ _P_PIPELINE = 4      # too many pipelined requests waiting
 _P_UPGRADE = 8       # upgrade requested: wait for the app's 101
 _P_REJECTED = 16     # the stream is unrecoverable; answer what came before, then close
 
+_LINGER_RESET = struct.pack("ii", 1, 0)   # SO_LINGER on, 0 s: close() sends RST
 _PIPELINE_MAX = 16                 # requests queued behind the one in flight
 
 
@@ -453,8 +456,17 @@ class ClientConnection(Downstream):
         self.closed = True
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        t = self.transport
+        if t is not None:
+            # A reset, not a FIN: for a body that ends with the connection (HTTP/1.0 clients) a FIN
+            # would say "that was all of it"; a reset says it was cut.
+            sock = t.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass
+            t.abort()
         self.closed = True
 
     # ------------------------------------------------------------------ helpers

@@ -132,6 +132,12 @@ class UpstreamConnection:
             self.owner.up_resume_writing()
 
     # ---- httptools callbacks: record, then hand over
+    def on_message_begin(self) -> None:
+        if self.owner is None:
+            # A response begins on a connection that is back in the pool (its bytes came in the same
+            # read as the end of the previous one): the rest would reach whoever takes it next.
+            self.pool.discard(self)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
             if value and value[-1] in _OWS_BYTES:  # llhttp keeps trailing whitespace
