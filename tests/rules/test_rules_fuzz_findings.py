@@ -56,9 +56,8 @@ def test_billion_laughs_is_not_walked_exponentially(tmp_path):
     lines += [f"x-{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
     lines.append("rules:\n  - name: r\n    match: { path: /x }\n    record: { timing: true }\n    x-l: *a9")
     path = _write(tmp_path, "\n".join(lines).encode())
-    errs = errors_of(path)
-    assert errs == [f"{path}:15:5: rules[0]: unknown key 'x-l'; expected one of: name, description, enabled, "
-                    "match, respond, headers, record, notify"]
+    (err,) = errors_of(path)
+    assert err.startswith(f"{path}:15:5: rules[0]: unknown key 'x-l'; expected one of: ")
 
 
 @pytest.mark.parametrize("pattern,problem", [
