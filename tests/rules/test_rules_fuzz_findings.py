@@ -83,3 +83,15 @@ def test_a_refused_path_regex_is_a_located_error(tmp_path):
     path = _write(tmp_path, b'rules:\n  - name: r\n    match: { path_regex: "^/(a+)+$" }\n    record: { timing: true }\n')
     (err,) = errors_of(path)
     assert err.startswith(f"{path}:3:26: rules[0].match.path_regex: regular expression '^/(a+)+$' repeats a repeat")
+
+
+def test_a_when_that_fails_on_some_request_is_no_match_not_a_failing_rule_set(tmp_path):
+    """`sort_by(request.headers, &@)` is a JMESPath type error (headers are an object): it raised
+    out of the match, so the whole rule set was skipped for that exchange as a failing hook."""
+    from decorator.rules.packtest import CaptureRuntime, simulate
+    from tests.rules.helpers import hooks_for
+    path = _write(tmp_path, b'rules:\n  - name: bad-when\n    match: { when: "sort_by(request.headers, &@)" }\n'
+                            b'    respond: { status: 418 }\n  - name: next\n    respond: { status: 503, body: x }\n')
+    hooks, _ = hooks_for(path, runtime=CaptureRuntime())
+    out = simulate(hooks, "GET", "/", [(b"X-A", b"1")])
+    assert out.status == 503
