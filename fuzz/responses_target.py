@@ -301,13 +301,17 @@ class Harness:
 
 
 _INTERIM_ONLY = re.compile(rb"(HTTP/1\.1 1\d\d [^\r\n]*\r\n([^\r\n]+\r\n)*\r\n)*")
-_LAX_CHUNK_SIZE = re.compile(rb"\n[0-9A-Fa-f]+([ \t]+|;[^\r\n]*[\x00-\x08\x0b-\x1f\x7f-\xff][^\r\n]*)\r?\n")
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)(?:;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN
+                         + rb'|"[^"\r\n]*"))?)*\r\n')
+_FIELD_LINE = re.compile(_TOKEN + rb":[ \t]*[^\x00-\x08\x0a-\x1f\x7f]*\r\n")
 _CHUNKED = re.compile(rb"\ntransfer-encoding[ \t]*:[^\r\n]*chunked", re.I)
 
 
 def _lax_chunks(script: bytes) -> bool:
-    """A chunked body whose chunk lines h11 reads though RFC 9112 §7.1 does not allow them (and
-    the proxy refuses them): whitespace after the size, control or non-ASCII bytes in an extension."""
+    """A chunked body that h11 reads though RFC 9112 §7.1 does not allow it (whitespace after the
+    size, bytes outside tokens in an extension, a bare LF in the trailer...), which the proxy may
+    refuse: walked here by the RFC's grammar."""
     pos = 0
     while True:  # past the 1xx heads to the final one
         end = script.find(b"\r\n\r\n", pos)
@@ -316,7 +320,29 @@ def _lax_chunks(script: bytes) -> bool:
         if script[pos + 9:pos + 10] != b"1":
             break
         pos = end + 4
-    return bool(_CHUNKED.search(script, pos, end + 2)) and bool(_LAX_CHUNK_SIZE.search(script, end + 2))
+    if not _CHUNKED.search(script, pos, end + 2):
+        return False
+    i = end + 4
+    while True:
+        m = _CHUNK_LINE.match(script, i)
+        if m is None:
+            return True
+        size = int(m.group(1), 16)
+        i = m.end()
+        if size == 0:
+            break
+        i += size
+        if script[i:i + 2] != b"\r\n":
+            return True
+        i += 2
+    while script[i:i + 2] != b"\r\n":
+        m = _FIELD_LINE.match(script, i)
+        if m is None:
+            return True
+        i = m.end()
+    return False
+
+
 _REASON = re.compile(rb"(HTTP/1\.[01] \d{3})[^\r\n]*")
 _BODY_FRAMING = re.compile(rb"^(content-length|transfer-encoding)[ \t]*:[^\r\n]*\r?\n", re.M | re.I)
 
