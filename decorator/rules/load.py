@@ -61,8 +61,11 @@ def pack_units(path: str) -> list[str]:
     """What one path stands for when packs are run one by one: a file, a directory with YAML of its
     own, or (for a directory of packs) each subdirectory holding YAML."""
     if os.path.isdir(path) and not _yaml_files(path):
+        # Hidden directories are not packs: a ConfigMap volume's `..2026_…` payload directories
+        # would otherwise load through the back door when `..data` points at nothing.
         subs = [os.path.join(path, d) for d in sorted(os.listdir(path))
-                if os.path.isdir(os.path.join(path, d)) and _yaml_files(os.path.join(path, d))]
+                if not d.startswith(".") and os.path.isdir(os.path.join(path, d))
+                and _yaml_files(os.path.join(path, d))]
         if subs:
             return subs
     return [path]
