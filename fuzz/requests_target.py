@@ -110,7 +110,8 @@ def reference(data: bytes) -> list[Req]:
         headers = [(n.lower(), v) for n, v in req.headers.raw_items()]
         out.append(Req(req.method, origin_form(req.target), compared(headers), bytes(body)))
         tokens = _connection_named(headers)
-        if req.method == b"CONNECT" or b"upgrade" in tokens or b"close" in tokens:
+        upgrade = b"upgrade" in tokens and any(n == b"upgrade" for n, _ in headers)  # both, or no upgrade
+        if req.method == b"CONNECT" or upgrade or b"close" in tokens:
             return out
         if req.http_version == b"1.0" and b"keep-alive" not in tokens:
             return out
