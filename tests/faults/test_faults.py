@@ -236,3 +236,68 @@ def test_silent_dashboard_and_webhook(app, tmp_path):
         assert "Traceback" not in sc.stop()
         dash.close()
         hook.close()
+
+
+# ----------------------------------------------------------------------------- the dashboard's disk fills
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (needs root: mount(2)); skipped with the reason when it cannot be mounted."""
+    import subprocess
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip() or r.returncode}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_dashboard_disk_full(app, small_disk):
+    import http.client
+    import json
+    import subprocess
+    import sys
+
+    from tests.dashboard.dash_helpers import endpoint, stats
+    from tests.support import free_port, wait_port
+
+    port = free_port()
+    dash = subprocess.Popen([sys.executable, "-m", "decorator", "dashboard", "--port", str(port),
+                             "--db", str(small_disk / "dash.db")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sc = None
+    try:
+        wait_port(port, dash)
+
+        def push(i: int) -> int:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            body = json.dumps(stats(f"pod-{i % 7}", [endpoint(f"/p/{i}/{j}", [1.0, 2.0]) for j in range(20)]))
+            c.request("POST", "/stats", body=body, headers={"Content-Type": "application/json"})
+            status = c.getresponse().status
+            c.close()
+            return status
+
+        assert push(0) == 200
+        with open(small_disk / "filler", "wb") as f:  # fill the disk to the last block
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        sc = Sidecar(app.port, "--dashboard", f"http://127.0.0.1:{port}")
+        load = Load(sc.port, clients=2).start()
+        statuses = [push(i) for i in range(1, 200)]
+        time.sleep(2)
+        load.stop()
+        assert 503 in statuses and set(statuses) <= {200, 503}, sorted(set(statuses))
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", "/")
+        page = c.getresponse()
+        assert page.status == 200 and b"<html" in page.read().lower()  # the page is still served
+        c.close()
+        assert set(load.outcomes()) == {200}, load.outcomes()  # sidecars keep serving traffic
+    finally:
+        if sc is not None:
+            assert "Traceback" not in sc.stop()
+        dash.terminate()
+        dash.wait(20)
