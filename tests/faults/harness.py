@@ -155,6 +155,7 @@ class Load:
         self._stop.set()
         for t in self._threads:
             t.join(15)
+        print(f"load {self.path}: {len(self.results)} requests {self.outcomes()}")  # the figures (-s)
         return self
 
     def outcomes(self, since: float = 0.0, until: float = float("inf")) -> dict[object, int]:
