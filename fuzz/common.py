@@ -88,15 +88,18 @@ class ErrorLog(logging.Handler):
         self.result.fail(f"logged an error: {text}", b"")
 
     def __enter__(self) -> ErrorLog:
+        self.saved = [(lg.propagate, lg.level) for lg in self.loggers]
         for lg in self.loggers:
             lg.addHandler(self)
-            lg.propagate = False
+            lg.propagate = False  # the warnings of a million refused inputs are not for stderr
             lg.setLevel(logging.ERROR)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for lg in self.loggers:
+        for lg, (propagate, level) in zip(self.loggers, self.saved):
             lg.removeHandler(self)
+            lg.propagate = propagate
+            lg.setLevel(level)
 
 
 def corpus(target: str) -> list[bytes]:
