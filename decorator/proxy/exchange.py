@@ -454,6 +454,10 @@ class Flow(Exchange):
         up = self.up
         self.t_last_up = up.last_read  # type: ignore[union-attr]
         if status < 200:
+            if status < 100:
+                # llhttp reads any digits ("HTTP/1.1 20", "000"); RFC 9110 §15 has three, 1xx-5xx.
+                self.up_failed(f"the app sent an invalid status code {status}")
+                return
             if status != 101:
                 # Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they are.
                 if self.version == "1.1" and self.up_state == UP_WAITING:

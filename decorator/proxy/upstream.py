@@ -140,15 +140,17 @@ class UpstreamConnection:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
-            if value and value[-1] in _OWS_BYTES:  # llhttp keeps trailing whitespace
-                value = value.rstrip(b" \t")
             if len(name) in _SPECIAL_LENGTHS:  # lower() only names that may be hop-by-hop or framing
                 low = name.lower()
                 if low in HOP_BY_HOP:
+                    # As received: llhttp decided the framing on the raw value ("chunked\t" is not
+                    # chunked to it), and check_response must not read it differently.
                     self._hop.append((low, value))
                     return
                 if low == b"content-length":
                     self._cl = int(value)  # llhttp has checked the digits and duplicates
+            if value and value[-1] in _OWS_BYTES:  # llhttp keeps trailing whitespace
+                value = value.rstrip(b" \t")
             self._headers.append((name, value))
         # else: a trailer field after a chunked body; trailers are not forwarded
 

@@ -189,3 +189,39 @@ async def test_a_cut_body_to_an_http10_client_ends_with_a_reset(make_proxy):
     s.close()
     assert got.startswith(b"HTTP/1.1 200 OK") and reset
     app.close()
+
+
+async def test_a_status_code_under_100_is_a_502(make_proxy):
+    """llhttp reads "HTTP/1.1 20" and "HTTP/1.1 000" as statuses 20 and 0; the proxy relayed them as
+    interim (1xx) heads, then the app's bytes or a 504 after them. Now a 502 (RFC 9110 §15)."""
+    for line in (b"HTTP/1.1 20 \r\n\r\n", b"HTTP/1.1 000 High\r\nContent-Length: 2\r\n\r\nok"):
+        async def script(n, w, line=line):
+            w.write(line)
+            await w.drain()
+            return False
+        app = await _scripted_app(script)
+        proxy = await make_proxy(app.sockets[0].getsockname()[1])
+        r, w = await open_client(proxy.port)
+        w.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        resp = await asyncio.wait_for(read_response(r), 10)
+        assert resp.status == 502, line
+        w.close()
+        app.close()
+
+
+async def test_transfer_encoding_with_trailing_whitespace_is_read_as_llhttp_reads_it(make_proxy):
+    """`Transfer-Encoding: chunked\\t`: llhttp does not take it for chunked (it reads the body to
+    the close), the proxy stripped the tab and told the client "chunked", and the client got the
+    raw chunk lines as the body. The framing field is now judged as received: a 502."""
+    async def script(n, w):
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        await w.drain()
+        return False
+    app = await _scripted_app(script)
+    proxy = await make_proxy(app.sockets[0].getsockname()[1])
+    r, w = await open_client(proxy.port)
+    w.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    resp = await asyncio.wait_for(read_response(r), 10)
+    assert resp.status == 502 or resp.body == b"hello", (resp.status, resp.body)
+    w.close()
+    app.close()
