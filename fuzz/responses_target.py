@@ -302,9 +302,12 @@ class Harness:
 
 _INTERIM_ONLY = re.compile(rb"(HTTP/1\.1 1\d\d [^\r\n]*\r\n([^\r\n]+\r\n)*\r\n)*")
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)(?:;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN
+# RFC 9112 §7.1 allows whitespace around ';' and '=' (BWS); llhttp refuses it, and a refusal is fine.
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN
                          + rb'|"[^"\r\n]*"))?)*\r\n')
 _FIELD_LINE = re.compile(_TOKEN + rb":[ \t]*[^\x00-\x08\x0a-\x1f\x7f]*\r\n")
+_EXT = re.compile(rb"(\n[0-9A-Fa-f]+)[ \t]*;[^\r\n]*\r\n")
+_TRAILER = re.compile(rb"\n0\r\n(?:[^\r\n]+\r\n)+\r\n")
 _CHUNKED = re.compile(rb"\ntransfer-encoding[ \t]*:[^\r\n]*chunked", re.I)
 
 
@@ -337,8 +340,8 @@ def _lax_chunks(script: bytes) -> bool:
         i += 2
     while script[i:i + 2] != b"\r\n":
         m = _FIELD_LINE.match(script, i)
-        if m is None:
-            return True
+        if m is None or m.group(0).lower().startswith((b"content-length:", b"transfer-encoding:")):
+            return True  # a framing field in a trailer: RFC 9110 §6.5.1, a recipient may refuse it
         i = m.end()
     return False
 
@@ -364,6 +367,11 @@ def tolerated(script: bytes, status: int, method: bytes) -> bytes:
         pos = end + 4
         rest = script[pos:].lstrip(b"\r\n")  # empty lines between heads, too
         script = script[:pos] + rest
+    if _CHUNKED.search(script):
+        # Chunk extensions and trailer fields are dropped by the proxy (it re-chunks the body and
+        # forwards no trailers): what h11 thinks of them cannot change what the client gets.
+        script = _EXT.sub(rb"\1\r\n", script)
+        script = _TRAILER.sub(b"\n0\r\n\r\n", script)
     if method == b"HEAD" or status in (204, 304):
         head, sep, rest = script.partition(b"\r\n\r\n")
         script = _BODY_FRAMING.sub(b"", head + b"\r\n") + sep[2:] + rest
@@ -381,10 +389,10 @@ def judge(case: Case, answer: bytes | None, reset: bool = False) -> str | None:
         got = dataclasses.replace(got, complete=False)
     script = tolerated(case.script, got.status if got is not None else 0, case.method)
     ref = read_response(case.method, script, b"1.1")
-    if ref is not None and ref.complete and ref.body and _lax_chunks(script):
-        ref = dataclasses.replace(ref, complete=False)
+    # A body h11 reads but RFC 9112 (or llhttp) does not allow: the proxy may pass it or refuse it.
+    lax = ref is not None and ref.complete and bool(ref.body) and _lax_chunks(case.script.lstrip(b"\r\n"))
     if got is None:
-        if ref is not None and ref.complete:
+        if ref is not None and ref.complete and not lax:
             return f"the client cannot read the proxy's answer to a valid response: {answer[:200]!r}"
         if _INTERIM_ONLY.fullmatch(answer):
             # Nothing final was sent: a cut before the first byte of the response (or after the
@@ -401,7 +409,7 @@ def judge(case: Case, answer: bytes | None, reset: bool = False) -> str | None:
         return f"the head differs: client {got.status} {got.headers} vs h11 {ref.status} {ref.headers}"
     if got.complete and got.body != ref.body:
         return f"the body differs: client {got.body[:80]!r} vs h11 {ref.body[:80]!r}"
-    if not got.complete and ref.complete:
+    if not got.complete and ref.complete and not lax:
         return f"a valid response was cut short: got {len(got.body)} of {len(ref.body)} body bytes"
     return None
 
