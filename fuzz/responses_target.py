@@ -30,6 +30,9 @@ from fuzz.requests_target import _connection_named, new_loop
 
 BATCH = 48
 INPUT_TIMEOUT = 10.0
+# Bytes after a whole response (an unsolicited second one, garbage). They provoke the one open case
+# of docs/reliability.md (about 1 in 100,000); the short slice in `make test` leaves them out.
+STRAY_TAILS = True
 _BIG = 1 << 20
 _FRAMING = {b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"proxy-connection", b"te",
             b"trailer", b"upgrade", b"date"}
@@ -153,7 +156,7 @@ def one_response(r: random.Random) -> bytes:
     if r.randint(0, 5) == 0:
         head.insert(r.randint(1, len(head)), r.choice(head))
     tail = b""
-    if r.randint(0, 6) == 0:
+    if r.randint(0, 6) == 0 and STRAY_TAILS:
         tail = r.choice([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"garbage", b"\r\n"])
     return b"".join(parts) + eol.join(head) + eol + eol + payload + tail
 
