@@ -13,7 +13,7 @@ HOT := setup.py decorator/build.py $(wildcard decorator/proxy/*.py decorator/pro
        decorator/telemetry/metrics.py decorator/telemetry/metrics.pxd \
        decorator/rules/compile.py decorator/rules/compile.pxd)
 
-.PHONY: build demo test system-deps lint bench schema clean
+.PHONY: build demo test system-deps lint bench schema clean fuzz faults
 
 build: $(COMPILED)
 
@@ -44,7 +44,18 @@ demo: $(COMPILED)
 	$(BIN)/python examples/demo/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check setup.py decorator tests rules bench examples
+	$(BIN)/ruff check setup.py decorator tests rules bench examples fuzz
+
+# Hostile inputs (docs/reliability.md): FUZZ_INPUTS per target (requests, responses, rules), one
+# closing line each, exit 1 on any failure. FUZZ_SEED=N repeats a run. `make test` runs a slice.
+FUZZ_INPUTS ?= 1000000
+fuzz: $(COMPILED)
+	FUZZ_INPUTS=$(FUZZ_INPUTS) $(BIN)/python -W ignore -m fuzz requests responses rules
+
+# The fault campaign with its long durations (a minute of silent dashboard/webhook...); `make test`
+# runs the same scenarios with short ones.
+faults: $(COMPILED)
+	FAULT_SCALE=full $(BIN)/python -m pytest -q tests/faults
 
 schema: $(STAMP)
 	$(BIN)/decorator schema > schema.json

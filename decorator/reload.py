@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from decorator.errors import RulesInvalid
+from decorator.errors import Location, RuleError, RulesInvalid
 
 log = logging.getLogger("decorator.reload")
 
@@ -134,6 +134,14 @@ class Reloader:
                          reason)
                 return False
             digest, obj = built
+            if self.active and self.active.get("files") and not getattr(getattr(obj, "ruleset", obj), "files", ()):
+                # Rules files vanished: a ConfigMap emptied or deleted under a running pod, or `..data`
+                # pointing at a missing directory. Losing every rule that way is an accident far more
+                # often than a wish (a wish is a file with `rules: []`).
+                raise RulesInvalid([RuleError(Location(", ".join(self.paths)),
+                                              "no rules files any more (the ConfigMap emptied or deleted, "
+                                              "or ..data pointing at a missing directory); keeping the last "
+                                              "good rules. To run with none, publish a file with `rules: []`")])
         except RulesInvalid as e:
             self._failed(reason, [err.as_dict() for err in e.errors] or [_message(str(e))])
             log.error("rules reload (%s) rejected, keeping %s; %d error(s):", reason,

@@ -389,6 +389,11 @@ class Flow(Exchange):
             parts.append(b"X-Forwarded-Proto: http\r\n")
         if framing.request_id is None:
             parts += (b"X-Request-Id: ", self.request_id.encode("latin-1"), b"\r\n")
+        if framing.host is None:
+            # An HTTP/1.0 request without Host goes on as HTTP/1.1, which must have one (RFC 9112
+            # §3.2): the app's own address, as nginx sends $proxy_host.
+            pool = self.server.pool
+            parts.append(b"Host: %s:%d\r\n" % (pool.host.encode("latin-1"), pool.port))
         if framing.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         if framing.upgrade is not None:
@@ -463,14 +468,24 @@ class Flow(Exchange):
                    hop: list[tuple[bytes, bytes]], content_length: int) -> None:
         up = self.up
         self.t_last_up = up.last_read  # type: ignore[union-attr]
-        if status < 200 and status != 101:
-            # Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they are.
-            if self.version == "1.1" and self.up_state == UP_WAITING:
-                parts = [status_line(status)]
-                add_headers(parts, headers)
-                parts.append(b"\r\n")
-                self.conn.out.append(b"".join(parts))
-            return
+        if status < 200:
+            if status < 100:
+                # llhttp reads any digits ("HTTP/1.1 20", "000"); RFC 9110 §15 has three, 1xx-5xx.
+                self.up_failed(f"the app sent an invalid status code {status}")
+                return
+            if status != 101:
+                # Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients as they are.
+                if self.version == "1.1" and self.up_state == UP_WAITING:
+                    parts = [status_line(status)]
+                    add_headers(parts, headers)
+                    parts.append(b"\r\n")
+                    self.conn.out.append(b"".join(parts))
+                return
+            if self.framing.upgrade is None:  # type: ignore[union-attr]
+                # RFC 9110 §15.2.2: only to a protocol the client asked for. Relaying it would
+                # leave the client waiting for a response that will never come.
+                self.up_failed("the app switched protocols without an upgrade request")
+                return
         try:
             rf = check_response(keep_alive, status, headers, hop, content_length)
         except FramingError as e:

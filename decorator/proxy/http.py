@@ -229,9 +229,10 @@ def check_response(keep_alive: bool, status: int, headers: list[tuple[bytes, byt
             tokens = connection_tokens(value)
             conn_tokens = conn_tokens | tokens if conn_tokens else tokens  # one field: no new set
         elif low == b"transfer-encoding":
-            if value.lower() != b"chunked":
+            if f.chunked or value.lower() != b"chunked":
+                # More than one field is chunked applied twice (RFC 9112 §6.1), or another coding.
                 # We re-frame the body; a coding we do not decode cannot be passed on safely.
-                raise FramingError(502, "the app used a transfer-coding other than chunked")
+                raise FramingError(502, "the app used a transfer-coding other than one chunked")
             f.chunked = True
         elif low == b"upgrade":
             upgrade_value = value

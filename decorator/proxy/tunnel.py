@@ -14,6 +14,8 @@ import collections
 import logging
 import os
 import random
+import socket
+import struct
 import time
 from typing import Any
 
@@ -74,6 +76,7 @@ _P_PIPELINE = 4      # too many pipelined requests waiting
 _P_UPGRADE = 8       # upgrade requested: wait for the app's 101
 _P_REJECTED = 16     # the stream is unrecoverable; answer what came before, then close
 
+_LINGER_RESET = struct.pack("ii", 1, 0)   # SO_LINGER on, 0 s: close() sends RST
 _PIPELINE_MAX = 16                 # requests queued behind the one in flight
 
 
@@ -225,6 +228,7 @@ class ClientConnection(Downstream):
         self._headers: list[tuple[bytes, bytes]] = []
         self._writable: asyncio.Future | None = None
         self.lingering = False
+        self.got_eof = False    # the client half-closed: nothing to linger for
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -260,6 +264,7 @@ class ClientConnection(Downstream):
             w.set_result(None)
 
     def eof_received(self) -> bool:
+        self.got_eof = True
         if self.lingering:
             self.transport.close()  # type: ignore[union-attr]
             return False
@@ -271,6 +276,12 @@ class ClientConnection(Downstream):
         if self.active is None and not self.queue:
             self.transport.close()  # type: ignore[union-attr]
             return False
+        flow = self.parsing
+        if flow is not None and flow.resp_state == RESP_NONE:
+            # The body can never be completed: answer now rather than hold the exchange (and the
+            # app's connection, with the partial request on it) until the body timeout.
+            self._reject(400, "the client closed the connection before the end of the request body")
+            return True
         # A half-closed client still waits for its answers; close after them.
         self.draining = True
         return True
@@ -474,8 +485,17 @@ class ClientConnection(Downstream):
         self.closed = True
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        t = self.transport
+        if t is not None:
+            # A reset, not a FIN: for a body that ends with the connection (HTTP/1.0 clients) a FIN
+            # would say "that was all of it"; a reset says it was cut.
+            sock = t.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass
+            t.abort()
         self.closed = True
 
     # ------------------------------------------------------------------ helpers
@@ -523,6 +543,11 @@ class ClientConnection(Downstream):
         self.lingering = True
         t = self.transport
         if t is None:
+            return
+        if self.got_eof:
+            # The client has sent all it will (its EOF came first): no input can follow to cause
+            # a reset, and no second EOF would come to end the lingering.
+            t.close()
             return
         try:
             if t.can_write_eof():

@@ -134,17 +134,25 @@ class UpstreamConnection:
             self.owner.up_resume_writing()
 
     # ---- httptools callbacks: record, then hand over
+    def on_message_begin(self) -> None:
+        if self.owner is None:
+            # A response begins on a connection that is back in the pool (its bytes came in the same
+            # read as the end of the previous one): the rest would reach whoever takes it next.
+            self.pool.discard(self)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
-            if value and (value[-1] == 32 or value[-1] == 9):  # llhttp keeps trailing whitespace
-                value = value.rstrip(b" \t")
             if len(name) in (2, 7, 10, 14, 16, 17):  # lower() only names that may be hop-by-hop or framing
                 low = name.lower()
                 if low in HOP_BY_HOP:
+                    # As received: llhttp decided the framing on the raw value ("chunked\t" is not
+                    # chunked to it), and check_response must not read it differently.
                     self._hop.append((low, value))
                     return
                 if low == b"content-length":
                     self._cl = int(value)  # llhttp has checked the digits and duplicates
+            if value and (value[-1] == 32 or value[-1] == 9):  # llhttp keeps trailing whitespace
+                value = value.rstrip(b" \t")
             self._headers.append((name, value))
         # else: a trailer field after a chunked body; trailers are not forwarded
 

@@ -30,6 +30,16 @@ _LOG_EVERY = 60.0  # seconds between two tracebacks for one rule's failing actio
 _REPLIED = "rules.replied"  # ex.state key: a request-phase rule answered, skip the response phase
 
 
+def _search(expr: Any, ex: Exchange) -> Any:
+    """A `when` on one exchange. A type error there depends on the request (sort_by() given an
+    object because of what a client sent): no match, not a failing rule set."""
+    from jmespath.exceptions import JMESPathError
+    try:
+        return expr.search(exchange_view(ex))
+    except JMESPathError:
+        return None
+
+
 class CompiledRule:
     """One rule's match, compiled: `matches(ex)` runs the cheap checks first; method and status
     are handled by the dispatch tables and re-checked only by `why_not` (explain)."""
@@ -73,8 +83,7 @@ class CompiledRule:
         for c in self.resp_headers:
             checks.append(lambda ex, f=c.check: f(ex.response_headers))
         if self.when is not None:
-            expr = self.when
-            checks.append(lambda ex: bool(expr.search(exchange_view(ex))))
+            checks.append(self._when)
         self.checks = tuple(checks)
         if not checks:
             self.matches = _always
@@ -86,6 +95,9 @@ class CompiledRule:
             if not c(ex):
                 return False
         return True
+
+    def _when(self, ex: Exchange) -> bool:
+        return bool(_search(self.when, ex))
 
     def why_not(self, ex: Exchange, phase: str) -> list[str]:
         """Every condition that does not hold for `ex` (empty: the rule matches)."""
@@ -109,7 +121,7 @@ class CompiledRule:
                 if not c.check(ex.response_headers):
                     out.append(f"response header {c.describe()} does not hold")
         if self.when is not None:
-            got = self.when.search(exchange_view(ex))
+            got = _search(self.when, ex)
             if not got:
                 out.append(f"when {self.when_text!r} gives {got!r}")
         return out

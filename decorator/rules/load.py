@@ -84,8 +84,11 @@ def pack_units(path: str) -> list[str]:
     """What one path stands for when packs are run one by one: a file, a directory with YAML of its
     own, or (for a directory of packs) each subdirectory holding YAML."""
     if os.path.isdir(path) and not _yaml_files(path):
+        # Hidden directories are not packs: a ConfigMap volume's `..2026_…` payload directories
+        # would otherwise load through the back door when `..data` points at nothing.
         subs = [os.path.join(path, d) for d in sorted(os.listdir(path))
-                if os.path.isdir(os.path.join(path, d)) and _yaml_files(os.path.join(path, d))]
+                if not d.startswith(".") and os.path.isdir(os.path.join(path, d))
+                and _yaml_files(os.path.join(path, d))]
         if subs:
             return subs
     return [path]
@@ -142,13 +145,19 @@ class _Source:
             nxt = steps[i + 1] if not last else None
             if isinstance(node, dict) and elem in node and isinstance(node, CommentedBase):
                 child = node[elem]
-                if (key and last) or nxt == "[key]":
-                    pos = node.lc.key(elem)
-                    break
-                if isinstance(child, CommentedBase) and len(child):
-                    pos = (child.lc.line, child.lc.col)
-                else:
-                    pos = node.lc.value(elem)
+                try:
+                    if (key and last) or nxt == "[key]":
+                        pos = node.lc.key(elem) or pos
+                        break
+                    if isinstance(child, CommentedBase) and len(child):
+                        pos = (child.lc.line, child.lc.col)
+                    else:
+                        found = node.lc.value(elem)
+                        if found is None:
+                            break
+                        pos = found
+                except KeyError:
+                    break  # a key merged in by `<<: *anchor` has its position at the anchor: stay here
                 node = child
             elif isinstance(node, list) and isinstance(elem, int) and 0 <= elem < len(node) \
                     and isinstance(node, CommentedBase):
@@ -324,7 +333,9 @@ class _Loader:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            self.add(Location(shown), f"not UTF-8 text (byte {e.start})")
+            line_start = data.rfind(b"\n", 0, e.start) + 1
+            self.add(Location(shown, line_off + data.count(b"\n", 0, e.start) + 1, e.start - line_start + 1),
+                     f"not UTF-8 text (byte {e.start})")
             return
         docs = self._parse(text, shown, line_off, col_off)
         if docs is None:
@@ -353,7 +364,14 @@ class _Loader:
             loc = Location(file, line_off + mark.line + 1, col_off + mark.column + 1) if mark else Location(file)
             self.add(loc, f"YAML syntax error: {what}".rstrip())
         except YAMLError as e:
-            self.add(Location(file), f"YAML syntax error: {e}")
+            pos = getattr(e, "position", None)  # a ReaderError (a character YAML forbids) has no mark
+            if isinstance(pos, int) and 0 <= pos <= len(text):
+                line0 = text.count("\n", 0, pos)
+                col0 = pos - (text.rfind("\n", 0, pos) + 1)
+                self.add(Location(file, line_off + line0 + 1, (col_off if line0 == 0 else 0) + col0 + 1),
+                         f"YAML syntax error: {getattr(e, 'reason', None) or e}")
+            else:
+                self.add(Location(file), f"YAML syntax error: {e}")
         return None
 
     def _configmap(self, path: str, docs: list, lines: list[str], ivars: dict, stack: tuple) -> None:
@@ -396,7 +414,11 @@ class _Loader:
                 self._document(doc_k, _Source(path, doc_k, str(v).splitlines(), line_off, col_off), base,
                                ivars, stack)
         if not found:
-            self.add(Location(path), "ConfigMap has no data entry ending in .yaml or .yml")
+            cm = next(d for d in docs if isinstance(d, dict) and d.get("kind") == "ConfigMap")
+            line = cm.lc.line if isinstance(cm, CommentedBase) else 0
+            if isinstance(cm.get("data"), CommentedBase):
+                line = cm.lc.key("data")[0]
+            self.add(Location(path, line + 1, 1), "ConfigMap has no data entry ending in .yaml or .yml")
 
     @staticmethod
     def _block_offsets(data: Any, k: Any, lines: list[str]) -> tuple[int, int]:
@@ -732,13 +754,18 @@ class _Loader:
     def _substitute(self, parent: Any, path: tuple, src: _Source, lookup: Mapping) -> None:
         """Replace ${NAME} / ${NAME:-default} in every string value under parent[path[-1]] (in place)."""
         stack = [(parent, path[-1], path)]
+        seen: set[int] = set()  # YAML aliases share nodes: each once, or nine aliases of nine is 9**9 visits
         while stack:
             node, k, p = stack.pop()
             value = node[k]
-            if isinstance(value, dict):
-                stack.extend((value, kk, p + (kk,)) for kk in value)
-            elif isinstance(value, list):
-                stack.extend((value, j, p + (j,)) for j in range(len(value)))
+            if isinstance(value, (dict, list)):
+                if id(value) in seen:
+                    continue
+                seen.add(id(value))
+                if isinstance(value, dict):
+                    stack.extend((value, kk, p + (kk,)) for kk in value)
+                else:
+                    stack.extend((value, j, p + (j,)) for j in range(len(value)))
             elif isinstance(value, str) and "$" in value:
                 new = self._expand(value, p, src, lookup)
                 if new is not value:

@@ -94,7 +94,70 @@ def _regex(v: str) -> str:
         re.compile(v)
     except re.error as e:
         raise PositionedError(f"bad regular expression {v!r}: {e.msg} at position {e.pos}", e.pos) from None
+    problem = backtracking_problem(v)
+    if problem:
+        raise ValueError(f"regular expression {v!r} {problem}: a request could make matching take "
+                         "exponential time (catastrophic backtracking); repeat one unambiguous item instead, "
+                         "e.g. (a+)+ -> a+")
     return v
+
+
+_REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
+
+
+def backtracking_problem(pattern: str) -> str | None:
+    """Why `pattern` may backtrack exponentially, or None: a repeated group (at most count > 1)
+    that itself holds a repeat of more than one (`(a+)+`, `(a*b?)*`) or an alternation
+    (`(a|ab)*`). Python's re has no time limit, so such patterns are refused when rules load.
+    Polynomial cases (`(\\w+)/(\\w+)z` on a long path) are bounded by the head size limit instead."""
+    import re._parser as sre  # the stdlib parser re itself uses: the structure, not a guess from text
+
+    def inner_risk(items: Any) -> str | None:
+        for op, av in items:
+            name = str(op)
+            if name in _REPEATS:
+                lo, hi, sub = av
+                if hi > 1:
+                    return "repeats a repeat"
+                found = inner_risk(sub)
+                if found:
+                    return found
+            elif name == "BRANCH":
+                if len(av[1]) > 1:
+                    return "repeats an alternation"
+            elif name == "SUBPATTERN":
+                found = inner_risk(av[-1])
+                if found:
+                    return found
+            elif name in ("ASSERT", "ASSERT_NOT"):
+                found = inner_risk(av[1])
+                if found:
+                    return found
+        return None
+
+    def walk(items: Any) -> str | None:
+        for op, av in items:
+            name = str(op)
+            if name in _REPEATS:
+                lo, hi, sub = av
+                if hi > 1 and name != "POSSESSIVE_REPEAT":
+                    found = inner_risk(sub)
+                    if found:
+                        return found
+                found = walk(sub)
+            elif name == "SUBPATTERN":
+                found = walk(av[-1])
+            elif name == "BRANCH":
+                found = next((f for b in av[1] if (f := walk(b))), None)
+            elif name in ("ASSERT", "ASSERT_NOT"):
+                found = walk(av[1])
+            else:
+                found = None
+            if found:
+                return found
+        return None
+
+    return walk(sre.parse(pattern))
 
 
 def _jmespath(v: str) -> str:
