@@ -23,7 +23,7 @@ cdef class ClientConnection(Downstream):
     cdef public object limits, parser, tunnel_to, queue, _writable
     cdef public Flow parsing
     cdef public bytes _url
-    cdef public bint in_head, lingering
+    cdef public bint in_head, lingering, got_eof
     cdef public int paused
     cdef public long long head_bytes
     cdef public double write_paused_since, last_read, idle_since, head_start

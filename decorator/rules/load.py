@@ -702,6 +702,10 @@ class _Loader:
             update["notify"] = q(ex.notify)
         if ex.record is not None:
             update["record"] = q(ex.record)
+        if ex.mirror is not None:
+            update["mirror"] = q(ex.mirror)
+        if ex.shadow is not None:  # "rule" or "rule:action"
+            update["shadow"] = [n if "/" in n else f"{self.pack}/{n}" for n in ex.shadow]
         return case.model_copy(update={"expect": ex.model_copy(update=update)})
 
     def _includes(self, includes: list, src: _Source, base_dir: str, stack: tuple) -> None:

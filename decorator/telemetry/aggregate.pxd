@@ -6,7 +6,7 @@ cdef class Endpoints:
     cdef public long max_endpoints
     cdef long _paths
     cdef set _known
-    cdef dict _cache
+    cdef public dict _cache
     cdef object _last_ex
     cdef tuple _last_key
     cpdef tuple key(self, Exchange ex)

@@ -19,7 +19,7 @@ def test_shares_over_many_requests_are_independent():
     env = {"CHAOS": "true", "CHAOS_DELAY": "1ms", "CHAOS_DELAY_PERCENT": "20", "CHAOS_ABORT_PERCENT": "10"}
     hooks = compile_rules(load_rules([PACK], env=env), rt)
     statuses = [simulate(hooks, "GET", f"/api/{i}", []).status for i in range(1500)]
-    delayed, aborted = rt.counters["fault_delays"]["chaos"], rt.counters["fault_aborts"]["chaos"]
+    delayed, aborted = rt.counters["fault_delays"]["chaos/chaos"], rt.counters["fault_aborts"]["chaos/chaos"]
     assert statuses.count(503) == aborted and statuses.count(200) == 1500 - aborted
     assert 220 < delayed < 380 and 100 < aborted < 200  # 20% and 10%, with room for chance
 

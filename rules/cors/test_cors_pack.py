@@ -56,7 +56,7 @@ async def test_preflight_then_request_through_the_tunnel():
             assert r.headers["access-control-allow-origin"] == WEB
             assert r.headers["access-control-expose-headers"].startswith("Location")
             assert r.headers["vary"] == "Origin"
-        assert rt.counters["cors_preflights"] == {"cors": 1}
+        assert rt.counters["cors_preflights"] == {"cors/cors": 1}
     finally:
         await server.shutdown(drain_timeout=1.0)
         upstream.close()

@@ -44,7 +44,7 @@ def test_each_key_has_its_bucket_and_tokens_come_back_at_the_rate():
     assert [_status(hooks, "a") for _ in range(2)] == [200, 429]
     clock.now += 10                                         # idle: back to a full burst, no more
     assert [_status(hooks, "a") for _ in range(3)] == [200, 200, 429]
-    assert rt.counters["ratelimit_rejected"] == {"rate-limit": 3}
+    assert rt.counters["ratelimit_rejected"] == {"rate-limit/rate-limit": 3}
 
 
 def test_a_scan_of_keys_is_bounded_by_max_keys():
@@ -79,7 +79,7 @@ async def test_the_pack_through_the_tunnel_in_shadow_then_enforce_mode():
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=10) as c:
             assert [(await c.get("/api/x")).status_code for _ in range(4)] == [200] * 4
-            assert len(seen) == 4 and rt.counters["shadow_hits"] == {"rate-limit": {"ratelimit": 2}}
+            assert len(seen) == 4 and rt.counters["shadow_hits"] == {"rate-limit/rate-limit": {"ratelimit": 2}}
             # The switch to enforce is a reload: the same runtime keeps the buckets shadow mode filled.
             server.hooks = compile_rules(load_rules([PACK], env={**env, "RATE_LIMIT_MODE": "enforce"}), rt)
             r = await c.get("/api/x")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from decorator.proxy.hooks import Exchange
+
 from decorator.errors import UsageError
 from decorator.settings import from_args
 from decorator.telemetry.aggregate import Aggregator
@@ -72,15 +74,14 @@ def test_settings_take_workers_from_the_flag_then_the_env_default_one():
         from_args(_args(workers="many"), env={})
 
 
-class _Ex:
-    """What the observer and the aggregator read from a finished exchange."""
-
-    def __init__(self, path: str, status: int, seconds: float) -> None:
-        self.method, self.path, self.route, self.status = "GET", path, "", status
-        self.duration = seconds
-        self.t_start, self.t_end = 100.0, 100.0 + seconds
-        self.bytes_in, self.bytes_out, self.error = 10, 20, None
-        self.started_at, self.request_id = 0.0, ""
+def _Ex(path: str, status: int, seconds: float) -> Exchange:
+    """A finished exchange as the observer and the aggregator read it (a real Exchange: the compiled
+    telemetry modules take nothing else)."""
+    ex = Exchange("GET", path, "1.1", [], "127.0.0.1")
+    ex.status = status
+    ex.t_start, ex.t_response, ex.t_end = 100.0, 100.0, 100.0 + seconds
+    ex.bytes_in, ex.bytes_out = 10, 20
+    return ex
 
 
 def _worker(latencies: list[float], path: str = "/a", requests: int = 0) -> tuple[Metrics, Aggregator]:
