@@ -14,4 +14,6 @@ cdef class Reply:
 
 cdef class Interest:
     cdef public dict by_key
+    cdef public bint keyed
+    cdef public object star
     cpdef bint wants(self, object key, str path)

@@ -192,15 +192,18 @@ class Interest:
     every key not named; a key neither named nor covered by `"*"` is not wanted at all.
     """
 
-    __slots__ = ("by_key",)
+    __slots__ = ("by_key", "keyed", "star")
 
     def __init__(self, by_key: dict[Any, frozenset[str] | None]) -> None:
         self.by_key = by_key
+        # Only "*": every key alike, and the key (a fresh method string) need not be hashed.
+        self.keyed = bool(by_key.keys() - {"*"})
+        self.star = by_key.get("*", _NOT_NAMED)
 
     def wants(self, key: Any, path: str) -> bool:
-        segments = self.by_key.get(key, _NOT_NAMED)
+        segments = self.by_key.get(key, _NOT_NAMED) if self.keyed else _NOT_NAMED
         if segments is _NOT_NAMED:
-            segments = self.by_key.get("*", _NOT_NAMED)
+            segments = self.star
             if segments is _NOT_NAMED:
                 return False
         if segments is None:
