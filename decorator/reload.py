@@ -27,6 +27,15 @@ _DATA_LINK = "..data"
 _SNAPSHOT_TRIES = 5
 
 
+def _is_blank(path: str) -> bool:
+    """A file with nothing but whitespace (an empty YAML document)."""
+    try:
+        with open(path, "rb") as f:
+            return not f.read(4096).strip() and not f.read(1)
+    except OSError:
+        return False
+
+
 class Reloader:
     """Keeps the sidecar's rules current without ever stopping it.
 
@@ -142,6 +151,14 @@ class Reloader:
                                               "no rules files any more (the ConfigMap emptied or deleted, "
                                               "or ..data pointing at a missing directory); keeping the last "
                                               "good rules. To run with none, publish a file with `rules: []`")])
+            empty = [f for f in getattr(getattr(obj, "ruleset", obj), "files", ()) if _is_blank(f)]
+            if self.active and empty:
+                # An editor (or `echo >`) truncates before it writes: a reload between the two would
+                # drop that file's rules. Nobody means "no rules" by a blank file; `rules: []` says so.
+                raise RulesInvalid([RuleError(Location(empty[0]),
+                                              "the rules file is empty (caught while being written?); "
+                                              "keeping the last good rules. To run with none, write "
+                                              "`rules: []`")])
         except RulesInvalid as e:
             self._failed(reason, [err.as_dict() for err in e.errors] or [_message(str(e))])
             log.error("rules reload (%s) rejected, keeping %s; %d error(s):", reason,

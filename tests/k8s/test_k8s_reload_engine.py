@@ -91,3 +91,17 @@ async def test_an_identical_rewrite_does_not_swap(pod):
     vol.write(payload, force=True)
     await until(lambda: r.checks_total > checks, 2.0, "no-op event looked at")
     assert len(installed) == 1 and r.reloads_total == 0
+
+
+async def test_a_blank_rules_file_is_refused_and_the_last_good_rules_stay(pod):
+    """A file caught between an editor's truncate and its write (or `: > rules.yaml`) is blank: losing
+    every rule that way is an accident, so the reload is refused; `rules: []` is how to mean none."""
+    r, vol, payload, installed = pod
+    vol.write({**payload, "rules.yaml": "  \n"})
+    await until(lambda: r.reload_failures_total == 1, 2.0, "blank rules file refused")
+    assert len(installed) == 1 and answer_404(installed[-1]) == payload["404.html"].encode()
+    errors = r.status()["last_reload"]["errors"]
+    assert any("empty" in e["message"] and e["file"] == str(vol.root / "rules.yaml") for e in errors), errors
+    vol.write({**payload, "rules.yaml": "rules: []\n"})
+    await until(lambda: len(installed) == 2, 2.0, "an explicit empty rule set is taken")
+    assert r.status()["active"]["rules"] == 0
