@@ -115,7 +115,7 @@ class PackManifest(Strict):
 
 def check_value(param: Param, value: Any) -> str:
     """The text `value` stands for in the pack's rules; ValueError saying what was expected."""
-    found = _found(value)
+    found = show_value(value)
     kind = param.type
     if isinstance(value, (dict, list)) or value is None:
         raise ValueError(f"expected {_EXPECTED[kind]}, found {found}")
@@ -163,7 +163,8 @@ _EXPECTED = {"string": "a string", "boolean": "true or false", "integer": "a who
              "number": "a number", "duration": "a duration such as 500ms, 60s, 2m or 1h"}
 
 
-def _found(v: Any) -> str:
+def show_value(v: Any) -> str:
+    """A YAML value as an error message names it ("found ..."): its kind for containers, long text cut."""
     if isinstance(v, dict):
         return "a mapping"
     if isinstance(v, list):
@@ -173,7 +174,8 @@ def _found(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return repr(v)
+        s = str(v)
+        return repr(s if len(s) <= 60 else s[:57] + "...")
     return str(v)
 
 

@@ -28,7 +28,7 @@ from decorator.actions.registry import ACTIONS, RuleInfo
 from decorator.errors import Location, RuleError, RulesInvalid
 from decorator.packs import resolve
 from decorator.packs.lock import LockEntry, LockFile, index_keys
-from decorator.packs.manifest import MANIFESTS, PackManifest, check_value, parse_range, parse_version, suggest
+from decorator.packs.manifest import MANIFESTS, PackManifest, check_value, parse_range, parse_version, show_value, suggest
 from decorator.rules.models import Include, Rule, RulesDocument, TestCase, _include_shorthand, shadow_ref
 from decorator.rules.ruleset import LoadedRule, RuleSet
 from decorator.rules.values import VarText
@@ -632,7 +632,7 @@ class _Loader:
         if doc is None:
             return
         if not isinstance(doc, dict):
-            self.add(src.loc(()), f"expected a mapping with a `rules:` list, found {_show(doc)}")
+            self.add(src.loc(()), f"expected a mapping with a `rules:` list, found {show_value(doc)}")
             return
         own = {}
         self.unresolved = set()
@@ -877,7 +877,7 @@ _EXPECTED = {
 
 def _describe(err: dict) -> str:
     kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
-    found = _show(err.get("input"))
+    found = show_value(err.get("input"))
     if kind in ("value_error", "assertion_error"):
         return re.sub(r"^(Value error|Assertion failed), ", "", msg)
     if kind in _EXPECTED:
@@ -891,21 +891,6 @@ def _describe(err: dict) -> str:
     if kind in ("too_short", "too_long", "string_too_short", "string_too_long"):
         return f"{msg[0].lower()}{msg[1:]}; found {found}"
     return f"{msg[0].lower()}{msg[1:]}; found {found}"
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, dict):
-        return "a mapping"
-    if isinstance(v, list):
-        return "a list"
-    if v is None:
-        return "nothing (null)"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        s = str(v)
-        return repr(s if len(s) <= 60 else s[:57] + "...")
-    return str(v)
 
 
 def _allowed_keys(loc: Sequence, root: type[BaseModel] = RulesDocument) -> list[str]:
