@@ -20,7 +20,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from decorator.actions.registry import Action, LoadContext, RuleInfo, register
+from decorator.actions.registry import Action, LoadContext, RuleInfo, register, request_only
 from decorator.proxy.hooks import Exchange, Reply
 
 _BCRYPT = re.compile(r"^\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}$")
@@ -78,10 +78,7 @@ class BasicAuth(Action):
 
     @classmethod
     def phase_errors(cls, config: Any, rule: RuleInfo) -> list[tuple[tuple, str]]:
-        if rule.needs_response:
-            return [((), "basic_auth acts before the app is called; the rule's match cannot use response "
-                         "fields (status, response_headers, timing)")]
-        return []
+        return request_only("basic_auth", rule)
 
     @classmethod
     def prepare(cls, config: Any, rule: RuleInfo, ctx: LoadContext) -> dict[str, str] | None:

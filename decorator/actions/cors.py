@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from decorator.actions.registry import Action, LoadContext, RuleInfo, register
+from decorator.actions.registry import Action, LoadContext, RuleInfo, register, request_only
 from decorator.proxy.hooks import Exchange, Headers, Reply
 
 _ORIGIN = re.compile(r"^([a-z][a-z0-9+.-]*)://(\*\.)?([a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(:[0-9]{1,5})?$")
@@ -74,8 +74,7 @@ class Cors(Action):
     @classmethod
     def phase_errors(cls, config: Any, rule: RuleInfo) -> list[tuple[tuple, str]]:
         if rule.needs_response:
-            return [((), "cors answers preflights before the app is called, but this rule's match reads "
-                     "the response (status, response_headers, response.* or timing.*)")]
+            return request_only("cors", rule, "answers preflights")
         if rule.methods is not None and "OPTIONS" not in rule.methods:
             return [((), f"the rule's match.method ({', '.join(rule.methods)}) leaves out OPTIONS, so "
                      "preflight requests never reach cors; add OPTIONS or drop match.method")]

@@ -11,7 +11,7 @@ import random
 from http import HTTPStatus
 from typing import Any
 
-from decorator.actions.registry import Action, RuleInfo, register
+from decorator.actions.registry import Action, RuleInfo, register, request_only
 from decorator.proxy.hooks import Exchange, Reply
 
 
@@ -24,10 +24,7 @@ class Fault(Action):
 
     @classmethod
     def phase_errors(cls, config: Any, rule: RuleInfo) -> list[tuple[tuple, str]]:
-        if rule.needs_response:
-            return [((), "fault acts before the app is called; the rule's match cannot use response "
-                         "fields (status, response_headers, timing)")]
-        return []
+        return request_only("fault", rule)
 
     def __init__(self, config: Any, rule: RuleInfo, prepared: Any, runtime: Any) -> None:
         super().__init__(config, rule, prepared, runtime)

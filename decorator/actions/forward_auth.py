@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from decorator.actions.registry import Action, RuleInfo, register
+from decorator.actions.registry import Action, RuleInfo, register, request_only
 from decorator.actions.runtime import ServiceError
 from decorator.proxy.hooks import Exchange, Reply
 
@@ -36,10 +36,7 @@ class ForwardAuth(Action):
 
     @classmethod
     def phase_errors(cls, config: Any, rule: RuleInfo) -> list[tuple[tuple, str]]:
-        if rule.needs_response:
-            return [((), "forward_auth acts before the app is called; the rule's match cannot use response "
-                         "fields (status, response_headers, timing)")]
-        return []
+        return request_only("forward_auth", rule)
 
     def __init__(self, config: Any, rule: RuleInfo, prepared: Any, runtime: Any) -> None:
         super().__init__(config, rule, prepared, runtime)

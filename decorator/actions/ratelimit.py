@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from decorator.actions.registry import Action, RuleInfo, register
+from decorator.actions.registry import Action, RuleInfo, register, request_only
 from decorator.proxy.hooks import Exchange, Reply, header_get
 from decorator.rules.values import parse_seconds
 
@@ -120,10 +120,7 @@ class RateLimit(Action):
 
     @classmethod
     def phase_errors(cls, config: Any, rule: RuleInfo) -> list[tuple[tuple, str]]:
-        if rule.needs_response:
-            return [((), "ratelimit acts before the app is called, but this rule's match reads the response "
-                     "(status, response_headers, response.* or timing.*)")]
-        return []
+        return request_only("ratelimit", rule)
 
     def __init__(self, config: Any, rule: RuleInfo, prepared: Any, runtime: Any) -> None:
         super().__init__(config, rule, prepared, runtime)

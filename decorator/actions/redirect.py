@@ -12,7 +12,7 @@ import string
 from typing import Any
 
 from decorator.actions.params import URL_FIELDS, param_names, param_reader
-from decorator.actions.registry import Action, LoadContext, RuleInfo, register, template_values
+from decorator.actions.registry import Action, LoadContext, RuleInfo, register, request_only, template_values
 from decorator.proxy.hooks import Exchange, Reply
 from decorator.rules.values import Template, header_safe
 
@@ -49,13 +49,6 @@ def url_template(text: str, rule: RuleInfo, loc: tuple, ctx: LoadContext) -> Tem
         ctx.error(loc, f"unknown field {{{name}}} in {text!r}{hint}; {where}, and "
                   + ", ".join("{" + f + "}" for f in URL_FIELDS) + " are always there")
     return None
-
-
-def request_only(action: str, rule: RuleInfo) -> list[tuple[tuple, str]]:
-    if rule.needs_response:
-        return [((), f"{action} acts before the app is called, but this rule's match reads the response "
-                 "(status, response_headers, response.* or timing.*)")]
-    return []
 
 
 class UrlBuilder:

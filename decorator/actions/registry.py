@@ -60,6 +60,15 @@ class LoadContext(Protocol):
         """False for files that exist only inside a ConfigMap manifest being validated."""
 
 
+def request_only(action: str, rule: RuleInfo, does: str = "acts") -> list[tuple[tuple, str]]:
+    """`phase_errors` of an action that works before the app is called: its rule's match must not
+    read the response."""
+    if rule.needs_response:
+        return [((), f"{action} {does} before the app is called, but this rule's match reads the response "
+                 "(status, response_headers, response.* or timing.*)")]
+    return []
+
+
 class Action:
     """Base of every action. One instance per rule that uses it, built once per compile.
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from decorator.actions.redirect import UrlBuilder, request_only, url_template
-from decorator.actions.registry import Action, LoadContext, RuleInfo, register
+from decorator.actions.redirect import UrlBuilder, url_template
+from decorator.actions.registry import Action, LoadContext, RuleInfo, register, request_only
 from decorator.proxy.hooks import Exchange
 
 
