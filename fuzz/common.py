@@ -7,10 +7,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncio
 import logging
 import random
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
@@ -169,3 +171,13 @@ def client_socket_options(s: socket.socket) -> None:
         s.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
     except OSError:
         pass
+
+
+async def settle(proxy: Any, result: Result) -> None:
+    """Wait until the proxy has nothing open or in flight; a leak (a failure) if that never happens."""
+    for _ in range(200):
+        if not proxy.connections and proxy.stats["in_flight"] == 0:
+            return
+        await asyncio.sleep(0.01)
+    result.fail(f"leak: {len(proxy.connections)} connections, "
+                f"{proxy.stats['in_flight']} exchanges still open after the batch", b"")

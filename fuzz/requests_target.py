@@ -23,7 +23,7 @@ import h11
 from decorator.proxy.http import HOP_BY_HOP
 from decorator.proxy.limits import Limits
 from decorator.proxy.tunnel import ProxyServer
-from fuzz.common import client_socket_options, HTTP_TOKENS, ErrorLog, Result, campaign, corpus, mutated, splits
+from fuzz.common import client_socket_options, HTTP_TOKENS, ErrorLog, Result, campaign, corpus, mutated, settle, splits
 
 BATCH = 48                      # inputs per hypothesis example, run concurrently (one connection each)
 INPUT_TIMEOUT = 10.0            # an input not answered and closed in this long is a hang
@@ -356,15 +356,7 @@ class Harness:
         await self.still_serves()
 
     async def settle(self) -> None:
-        """Wait until nothing is open or in flight (a leak if that never happens)."""
-        proxy = self.proxy
-        for _ in range(200):
-            if not proxy.connections and proxy.stats["in_flight"] == 0:  # type: ignore[union-attr]
-                break
-            await asyncio.sleep(0.01)
-        else:
-            self.result.fail(f"leak: {len(proxy.connections)} connections, "  # type: ignore[union-attr]
-                             f"{proxy.stats['in_flight']} exchanges still open after the batch", b"")
+        await settle(self.proxy, self.result)
         for _ in range(3):
             await asyncio.sleep(0)
 

@@ -25,7 +25,7 @@ import h11
 from decorator.proxy import replies
 from decorator.proxy.limits import Limits
 from decorator.proxy.tunnel import ProxyServer
-from fuzz.common import client_socket_options, HTTP_TOKENS, ErrorLog, Result, campaign, corpus, mutated, splits
+from fuzz.common import client_socket_options, HTTP_TOKENS, ErrorLog, Result, campaign, corpus, mutated, settle, splits
 from fuzz.requests_target import _connection_named, new_loop
 
 BATCH = 48
@@ -286,13 +286,7 @@ class Harness:
         await self.still_serves()
 
     async def settle(self) -> None:
-        proxy = self.proxy
-        for _ in range(200):
-            if not proxy.connections and proxy.stats["in_flight"] == 0:  # type: ignore[union-attr]
-                return
-            await asyncio.sleep(0.01)
-        self.result.fail(f"leak: {len(proxy.connections)} connections, "  # type: ignore[union-attr]
-                         f"{proxy.stats['in_flight']} exchanges still open after the batch", b"")
+        await settle(self.proxy, self.result)
 
     async def still_serves(self) -> None:
         ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
